@@ -1,0 +1,70 @@
+// Command vault-kms-plugin is a Kubernetes KMSv2 plugin backed by a Vault
+// transit key. It runs as a sidecar beside kube-apiserver.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"k8s.io/klog/v2"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// secretFlags are flags other plugins take that would put a secret in argv,
+// with the flag to use instead.
+var secretFlags = map[string]string{
+	"approle-secret-id": "-approle-secret-id-path",
+	"secret-id":         "-approle-secret-id-path",
+	"vault-token":       "-vault-token-path",
+	"token":             "-vault-token-path",
+}
+
+// run returns the exit code: 0 after a clean stop, 1 when serving fails,
+// 2 for bad flags (one line on stderr).
+func run(args []string, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("vault-kms-plugin", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+			if instead, secret := secretFlags[strings.TrimPrefix(name, "-")]; secret {
+				err = fmt.Errorf("%v: secrets are never taken as flags (argv is visible to every user); write it to a file and pass %s", err, instead)
+			}
+		}
+		fmt.Fprintf(stderr, "vault-kms-plugin: %v (see -help)\n", err)
+		return 2
+	}
+	if err := o.validate(fs.Args()); err != nil {
+		fmt.Fprintf(stderr, "vault-kms-plugin: %v\n", err)
+		return 2
+	}
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	_ = klogFlags.Set("v", strconv.Itoa(o.verbosity))
+	defer klog.Flush()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, &o); err != nil {
+		klog.ErrorS(err, "Stopped")
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBadFlagsExit2WithOneLine(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(secret, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := []string{
+		"-listen-address=unix://" + filepath.Join(dir, "kms.sock"),
+		"-vault-address=http://127.0.0.1:8200",
+		"-transit-key=k",
+		"-approle-role-id=r",
+		"-approle-secret-id-path=" + secret,
+	}
+	// without returns good minus the flag with that prefix, plus extra.
+	without := func(prefix string, extra ...string) []string {
+		var out []string
+		for _, a := range good {
+			if !strings.HasPrefix(a, prefix) {
+				out = append(out, a)
+			}
+		}
+		return append(out, extra...)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{name: "no listen address => error", args: without("-listen-address"), want: "-listen-address is required"},
+		{name: "listen address without unix scheme => error", args: without("-listen-address", "-listen-address=/tmp/kms.sock"), want: "unix:///absolute/path.sock"},
+		{name: "relative socket path => error", args: without("-listen-address", "-listen-address=unix://kms.sock"), want: "unix:///absolute/path.sock"},
+		{name: "no vault address => error", args: without("-vault-address"), want: "-vault-address is required"},
+		{name: "vault address without scheme => error", args: without("-vault-address", "-vault-address=vault:8200"), want: "not an http(s)://host:port"},
+		{name: "vault address with credentials => error", args: without("-vault-address", "-vault-address=https://u:p@vault:8200"), want: "not an http(s)://host:port"},
+		{name: "duplicate vault address => error", args: without("-vault-address", "-vault-address=http://a:1,http://a:1"), want: "twice"},
+		{name: "no transit key => error", args: without("-transit-key"), want: "-transit-key is required"},
+		{name: "empty transit mount => error", args: append(good, "-transit-mount=/"), want: "-transit-mount must not be empty"},
+		{name: "no credentials => error", args: without("-approle"), want: "no Vault credentials"},
+		{name: "approle and token file => error", args: append(good, "-vault-token-path="+secret), want: "not both"},
+		{name: "role id and role id path => error", args: append(good, "-approle-role-id-path="+secret), want: "either -approle-role-id or -approle-role-id-path"},
+		{name: "secret id path without role id => error", args: without("-approle-role-id"), want: "needs -approle-role-id"},
+		{name: "role id without secret id path => error", args: without("-approle-secret-id-path"), want: "-approle-secret-id-path is required"},
+		{name: "unreadable secret id file => error", args: without("-approle-secret-id-path", "-approle-secret-id-path="+filepath.Join(dir, "nope")), want: "-approle-secret-id-path: open"},
+		{name: "unreadable token file => error", args: []string{good[0], good[1], good[2], "-vault-token-path=" + filepath.Join(dir, "nope")}, want: "-vault-token-path: open"},
+		{name: "client cert without key => error", args: append(good, "-tls-client-cert="+secret), want: "given together"},
+		{name: "unreadable CA file => error", args: append(good, "-tls-ca-file="+filepath.Join(dir, "ca.pem")), want: "-tls-ca-file: open"},
+		{name: "metrics port out of range => error", args: append(good, "-metrics-port=70000"), want: "-metrics-port must be between"},
+		{name: "zero refresh interval => error", args: append(good, "-status-refresh-interval=0s"), want: "-status-refresh-interval must be at least"},
+		{name: "unknown log level => error", args: append(good, "-log-level=loud"), want: "-log-level must be"},
+		{name: "unknown socket group => error", args: append(good, "-socket-group=no-such-group-xyz"), want: "-socket-group: no group"},
+		{name: "secret id as a flag => refused with a hint", args: append(good, "-approle-secret-id=hunter2"), want: "never taken as flags"},
+		{name: "unknown flag => error", args: append(good, "-bogus"), want: "flag provided but not defined: -bogus"},
+		{name: "positional argument => error", args: append(good, "extra"), want: "unexpected argument"},
+		{name: "malformed duration => error", args: append(good, "-status-refresh-interval=soon"), want: "invalid value"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(tt.args, &stderr)
+			out := stderr.String()
+			if code != 2 {
+				t.Fatalf("exit code = %d, want 2 (stderr %q)", code, out)
+			}
+			if strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "vault-kms-plugin: ") {
+				t.Fatalf("stderr = %q, want exactly one line", out)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Fatalf("stderr = %q, want it to mention %q", out, tt.want)
+			}
+			if strings.Contains(out, "hunter2") {
+				t.Fatalf("stderr echoes a secret: %q", out)
+			}
+		})
+	}
+}
+
+func TestGoodFlagsValidate(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(secret, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := options{
+		listenAddress: "unix://" + filepath.Join(dir, "kms.sock"), vaultAddress: "https://a:8200, https://b:8200/",
+		transitMount: "transit", transitKey: "k", approleMount: "approle",
+		approleRoleID: "r", approleSecretIDPath: secret, logLevel: "debug-extended",
+		statusRefreshInterval: 20e9, socketGroup: "0",
+	}
+	if err := o.validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.addresses) != 2 || o.addresses[1] != "https://b:8200" || o.verbosity != 6 || o.gid != 0 {
+		t.Fatalf("derived = %v %d %d", o.addresses, o.verbosity, o.gid)
+	}
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options are the sidecar's flags. Their names match what OpenShift's KMS
+// plugin lifecycle passes to a Vault KMS sidecar, so this one is a drop-in.
+// No flag carries a secret: the secret ID and token are read from files.
+type options struct {
+	listenAddress         string
+	vaultAddress          string
+	vaultNamespace        string
+	vaultAuthNamespace    string
+	transitMount          string
+	transitKey            string
+	approleMount          string
+	approleRoleID         string
+	approleRoleIDPath     string
+	approleSecretIDPath   string
+	vaultTokenPath        string
+	tlsCAFile             string
+	tlsSNI                string
+	tlsClientCert         string
+	tlsClientKey          string
+	metricsPort           int
+	statusRefreshInterval time.Duration
+	logLevel              string
+	socketGroup           string
+
+	// Set by validate.
+	socketPath string
+	addresses  []string
+	verbosity  int
+	gid        int
+}
+
+func (o *options) addFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.listenAddress, "listen-address", "", "unix:///absolute/path.sock to serve the KMSv2 API on (required)")
+	fs.StringVar(&o.vaultAddress, "vault-address", "", "Vault address, or a comma-separated list of Vault nodes to fail over across (required)")
+	fs.StringVar(&o.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace of the transit mount")
+	fs.StringVar(&o.vaultAuthNamespace, "vault-auth-namespace", "", "Vault Enterprise namespace of the auth mount (default: -vault-namespace)")
+	fs.StringVar(&o.transitMount, "transit-mount", "transit", "path of the transit secrets engine")
+	fs.StringVar(&o.transitKey, "transit-key", "", "name of the transit key (required)")
+	fs.StringVar(&o.approleMount, "approle-mount", "approle", "path of the AppRole auth method")
+	fs.StringVar(&o.approleRoleID, "approle-role-id", "", "AppRole role ID (not a secret)")
+	fs.StringVar(&o.approleRoleIDPath, "approle-role-id-path", "", "file holding the AppRole role ID, instead of -approle-role-id")
+	fs.StringVar(&o.approleSecretIDPath, "approle-secret-id-path", "", "file holding the AppRole secret ID; re-read when it changes")
+	fs.StringVar(&o.vaultTokenPath, "vault-token-path", "", "file holding a Vault token, instead of AppRole (development)")
+	fs.StringVar(&o.tlsCAFile, "tls-ca-file", "", "PEM CA bundle to verify Vault's certificate (default: system roots)")
+	fs.StringVar(&o.tlsSNI, "tls-sni", "", "server name to send and verify in Vault's certificate")
+	fs.StringVar(&o.tlsClientCert, "tls-client-cert", "", "PEM client certificate for Vault (with -tls-client-key)")
+	fs.StringVar(&o.tlsClientKey, "tls-client-key", "", "PEM client key for Vault (with -tls-client-cert)")
+	fs.IntVar(&o.metricsPort, "metrics-port", 0, "port on 127.0.0.1 for /metrics, /healthz, /livez and /readyz (0: off)")
+	fs.DurationVar(&o.statusRefreshInterval, "status-refresh-interval", 20*time.Second, "how often to read the transit key's metadata for Status")
+	fs.StringVar(&o.logLevel, "log-level", "info", "info, debug, debug-extended, warn, error, or a klog verbosity 0-10")
+	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or GID) allowed to use the socket; makes it 0660 instead of 0600")
+}
+
+// validate checks the flags and fills the derived fields. Each error names
+// the flag and says what to do, on one line.
+func (o *options) validate(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q: all settings are flags", args[0])
+	}
+	var err error
+	if o.socketPath, err = socketPath(o.listenAddress); err != nil {
+		return err
+	}
+	if o.addresses, err = vaultAddresses(o.vaultAddress); err != nil {
+		return err
+	}
+	if o.transitKey == "" {
+		return errors.New("-transit-key is required")
+	}
+	if strings.Trim(o.transitMount, "/") == "" {
+		return errors.New("-transit-mount must not be empty")
+	}
+	if len(o.transitMount)+len(o.transitKey) > 512 {
+		return errors.New("-transit-mount and -transit-key together must be at most 512 bytes (they appear in every key_id)")
+	}
+	if err := o.validateAuth(); err != nil {
+		return err
+	}
+	if (o.tlsClientCert == "") != (o.tlsClientKey == "") {
+		return errors.New("-tls-client-cert and -tls-client-key must be given together")
+	}
+	for _, f := range []struct{ flag, path string }{
+		{"-tls-ca-file", o.tlsCAFile}, {"-tls-client-cert", o.tlsClientCert}, {"-tls-client-key", o.tlsClientKey},
+	} {
+		if err := readable(f.flag, f.path); err != nil {
+			return err
+		}
+	}
+	if o.metricsPort < 0 || o.metricsPort > 65535 {
+		return fmt.Errorf("-metrics-port must be between 0 (off) and 65535, not %d", o.metricsPort)
+	}
+	if o.statusRefreshInterval < 100*time.Millisecond {
+		return fmt.Errorf("-status-refresh-interval must be at least 100ms, not %s", o.statusRefreshInterval)
+	}
+	if o.verbosity, err = verbosity(o.logLevel); err != nil {
+		return err
+	}
+	if o.gid, err = groupID(o.socketGroup); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (o *options) validateAuth() error {
+	approle := o.approleRoleID != "" || o.approleRoleIDPath != "" || o.approleSecretIDPath != ""
+	switch {
+	case approle && o.vaultTokenPath != "":
+		return errors.New("use either AppRole (-approle-*) or -vault-token-path, not both")
+	case o.vaultTokenPath != "":
+		return readable("-vault-token-path", o.vaultTokenPath)
+	case !approle:
+		return errors.New("no Vault credentials: set -approle-role-id and -approle-secret-id-path (or -vault-token-path for development)")
+	case o.approleRoleID != "" && o.approleRoleIDPath != "":
+		return errors.New("use either -approle-role-id or -approle-role-id-path, not both")
+	case o.approleRoleID == "" && o.approleRoleIDPath == "":
+		return errors.New("-approle-secret-id-path needs -approle-role-id or -approle-role-id-path")
+	case o.approleSecretIDPath == "":
+		return errors.New("-approle-secret-id-path is required with AppRole: the secret ID is read from a file, never from a flag")
+	case strings.Trim(o.approleMount, "/") == "":
+		return errors.New("-approle-mount must not be empty")
+	}
+	if err := readable("-approle-role-id-path", o.approleRoleIDPath); err != nil {
+		return err
+	}
+	return readable("-approle-secret-id-path", o.approleSecretIDPath)
+}
+
+func socketPath(addr string) (string, error) {
+	if addr == "" {
+		return "", errors.New("-listen-address is required, for example -listen-address=unix:///var/run/kmsplugin/kms.sock")
+	}
+	p, ok := strings.CutPrefix(addr, "unix://")
+	if !ok || !filepath.IsAbs(p) || strings.HasSuffix(p, "/") {
+		return "", fmt.Errorf("-listen-address must be unix:///absolute/path.sock, not %q", addr)
+	}
+	return filepath.Clean(p), nil
+}
+
+func vaultAddresses(list string) ([]string, error) {
+	if list == "" {
+		return nil, errors.New("-vault-address is required, for example -vault-address=https://vault.example.com:8200")
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range strings.Split(list, ",") {
+		a = strings.TrimSuffix(strings.TrimSpace(a), "/")
+		u, err := url.Parse(a)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			return nil, fmt.Errorf("-vault-address: %q is not an http(s)://host:port address", a)
+		}
+		if seen[a] {
+			return nil, fmt.Errorf("-vault-address lists %s twice", a)
+		}
+		seen[a] = true
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func readable(flagName, path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %v", flagName, err)
+	}
+	f.Close()
+	return nil
+}
+
+func verbosity(level string) (int, error) {
+	switch level {
+	case "error", "warn", "info":
+		return 0, nil
+	case "debug":
+		return 4, nil
+	case "debug-extended":
+		return 6, nil
+	}
+	if v, err := strconv.Atoi(level); err == nil && v >= 0 && v <= 10 {
+		return v, nil
+	}
+	return 0, fmt.Errorf("-log-level must be info, debug, debug-extended, warn, error or a number 0-10, not %q", level)
+}
+
+func groupID(group string) (int, error) {
+	if group == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(group); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return 0, fmt.Errorf("-socket-group: no group %q", group)
+	}
+	return strconv.Atoi(g.Gid)
+}

@@ -1,0 +1,84 @@
+package auth
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDecide(t *testing.T) {
+	now := time.Unix(1000, 0)
+	live := tokenState{valid: true, renewable: true, loginTTL: time.Minute, expiresAt: now.Add(time.Minute), nextAt: now.Add(40 * time.Second)}
+	due := live
+	due.nextAt = now.Add(-time.Second)
+	dueCapped := due
+	dueCapped.capped = true
+	dueNotRenewable := due
+	dueNotRenewable.renewable = false
+	noExpiry := tokenState{valid: true}
+
+	tests := []struct {
+		name    string
+		state   tokenState
+		changed bool
+		want    action
+	}{
+		{name: "no token => login", state: tokenState{}, want: actLogin},
+		{name: "token not yet due => wait", state: live, want: actWait},
+		{name: "renewable token due => renew", state: due, want: actRenew},
+		{name: "due but renewals capped by max TTL => login", state: dueCapped, want: actLogin},
+		{name: "due and not renewable => login", state: dueNotRenewable, want: actLogin},
+		{name: "token without expiry => wait", state: noExpiry, want: actWait},
+		{name: "credential file changed => login even if token is fresh", state: live, changed: true, want: actLogin},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := decide(tt.state, now, tt.changed); got != tt.want {
+				t.Fatalf("decide = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFingerprintChangesWhenFileIsReplaced(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(p, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := fingerprint(p)
+	// Replace atomically, as a Kubernetes volume or an operator would.
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.WriteFile(tmp, []byte("two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+	if after := fingerprint(p); after == before {
+		t.Fatalf("fingerprint unchanged after replacing the file: %s", after)
+	}
+}
+
+func TestReadCredentialErrorsNeverHoldTheContent(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readCredential(empty, "secret ID"); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("empty file: err = %v", err)
+	}
+	if _, err := readCredential(filepath.Join(dir, "missing"), "secret ID"); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("missing file: err = %v", err)
+	}
+	ok := filepath.Join(dir, "ok")
+	if err := os.WriteFile(ok, []byte("s3cr3t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := readCredential(ok, "secret ID"); err != nil || v != "s3cr3t" {
+		t.Fatalf("readCredential = %q, %v", v, err)
+	}
+}

@@ -1,0 +1,430 @@
+package plugin_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apiserver/pkg/storage/value"
+	aestransformer "k8s.io/apiserver/pkg/storage/value/encrypt/aes"
+	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
+	kmsservice "k8s.io/kms/pkg/service"
+)
+
+// These tests run the real plugin binary against a real Vault, driven by the
+// API server's own KMSv2 client.
+
+func TestRoundTripThroughTheAPIServerClient(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+
+	// GenerateTransformer is what the API server does on start: make a DEK
+	// seed, Encrypt it, and validate the resulting EncryptedObject.
+	transformer, obj, _, err := kmsv2.GenerateTransformer(ctx, "uid-1", r.client, true)
+	if err != nil {
+		t.Fatalf("GenerateTransformer: %v", err)
+	}
+	if !strings.HasPrefix(string(obj.EncryptedDEKSource), "vault:v1:") {
+		t.Fatalf("encrypted DEK source = %q, want a transit v1 ciphertext", obj.EncryptedDEKSource)
+	}
+	if st := r.status(); st.KeyID != obj.KeyID || st.Version != "v2" {
+		t.Fatalf("Status = %+v, Encrypt key_id = %q: they must agree", st, obj.KeyID)
+	}
+	if !strings.HasPrefix(obj.KeyID, "vault-transit:transit/kubernetes:v1:") || len(obj.KeyID) > 100 {
+		t.Fatalf("key_id = %q", obj.KeyID)
+	}
+
+	// Decrypt the seed as the API server does after a restart, and check it
+	// opens data sealed by the original transformer.
+	seed, err := r.client.Decrypt(ctx, "uid-2", &kmsservice.DecryptRequest{Ciphertext: obj.EncryptedDEKSource, KeyID: obj.KeyID})
+	if err != nil {
+		t.Fatalf("Decrypt: %v", err)
+	}
+	again, err := aestransformer.NewHKDFExtendedNonceGCMTransformer(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataCtx := value.DefaultContext("/registry/secrets/default/s1")
+	sealedData, err := transformer.TransformToStorage(ctx, []byte("top secret"), dataCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, _, err := again.TransformFromStorage(ctx, sealedData, dataCtx)
+	if err != nil || string(opened) != "top secret" {
+		t.Fatalf("data sealed with the original DEK did not open with the decrypted seed: %q, %v", opened, err)
+	}
+}
+
+func TestRotationIsSeenWithinOneRefreshInterval(t *testing.T) {
+	r := newRig(t, rigOptions{refresh: time.Second})
+	ctx := context.Background()
+	old, err := r.client.Encrypt(ctx, "uid", []byte("seed-under-v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rotated := time.Now()
+	if v := r.vault.RotateKey(mount, key); v != 2 {
+		t.Fatalf("rotated to version %d, want 2", v)
+	}
+	waitFor(t, 10*time.Second, "Status to report key version 2", func() bool {
+		return strings.Contains(r.status().KeyID, ":v2:")
+	})
+	// One interval plus the Vault round trip, with slack for a loaded CI box.
+	if seen := time.Since(rotated); seen > r.refresh+time.Second {
+		t.Errorf("Status reported the rotation after %s, more than one interval (%s) plus 1s", seen, r.refresh)
+	}
+	st := r.status()
+	if st.KeyID == old.KeyID {
+		t.Fatal("key_id did not change on rotation")
+	}
+
+	resp, err := r.client.Encrypt(ctx, "uid", []byte("seed-under-v2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.KeyID != st.KeyID || !strings.HasPrefix(string(resp.Ciphertext), "vault:v2:") {
+		t.Fatalf("Encrypt after rotation: key_id %q ciphertext %.12q; Status key_id %q", resp.KeyID, resp.Ciphertext, st.KeyID)
+	}
+	pt, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: old.Ciphertext, KeyID: old.KeyID})
+	if err != nil || string(pt) != "seed-under-v1" {
+		t.Fatalf("old ciphertext after rotation: %q, %v", pt, err)
+	}
+	if got := r.metric("vault_kms_plugin_transit_key_version"); got != 2 {
+		t.Errorf("transit_key_version metric = %v, want 2", got)
+	}
+}
+
+func TestRecreatedKeyNeverReusesAKeyID(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	before := r.status().KeyID
+
+	c := r.vault.Client.Logical()
+	if _, err := c.Write(mount+"/keys/"+key+"/config", map[string]any{"deletion_allowed": true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(mount + "/keys/" + key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(mount+"/keys/"+key, map[string]any{"type": "aes256-gcm96"}); err != nil {
+		t.Fatal(err)
+	}
+	// Same name, same version number, different key material.
+	resp, err := r.client.Encrypt(context.Background(), "uid", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(resp.KeyID, ":v1:") {
+		t.Fatalf("key_id %q, want version 1", resp.KeyID)
+	}
+	if resp.KeyID == before {
+		t.Fatalf("re-created key got the old key_id %q", before)
+	}
+}
+
+func TestTokenPastMaxTTLFailsNoCall(t *testing.T) {
+	// token_ttl 2s and token_max_ttl 5s: over 12s of steady calls the
+	// plugin must renew, hit the max TTL, and log in again several times.
+	r := newRig(t, rigOptions{tokenTTL: 2 * time.Second, tokenMaxTTL: 5 * time.Second})
+	ctx := context.Background()
+	deadline := time.Now().Add(12 * time.Second)
+	var calls, failures int
+	for time.Now().Before(deadline) {
+		resp, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+		if err == nil {
+			_, err = r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+		}
+		calls++
+		if err != nil {
+			failures++
+			t.Errorf("call %d failed: %v", calls, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	logins := r.metric("vault_kms_plugin_vault_logins_total", `outcome="ok"`)
+	renewals := r.metric("vault_kms_plugin_vault_token_renewals_total", `outcome="ok"`)
+	t.Logf("%d calls, %d failures, %v logins, %v renewals", calls, failures, logins, renewals)
+	if logins < 3 {
+		t.Errorf("logins = %v over 12s with a 5s max TTL, want at least 3", logins)
+	}
+	if renewals < 1 {
+		t.Errorf("renewals = %v, want at least 1", renewals)
+	}
+	if r.status().Healthz != "ok" {
+		t.Errorf("healthz = %q", r.status().Healthz)
+	}
+}
+
+func TestRotatedSecretIDIsUsedForTheNextLogin(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	loginsBefore := r.metric("vault_kms_plugin_vault_logins_total", `outcome="ok"`)
+
+	// Rotate as an operator would: issue a new secret ID, swap the file
+	// atomically, destroy the old one. A login with the old one would fail.
+	newID := r.vault.NewSecretID(r.role)
+	writeFileAtomic(t, r.secretIDPath, newID)
+	r.vault.DestroySecretID(r.role, r.secretID)
+
+	waitFor(t, 10*time.Second, "a login with the new secret ID", func() bool {
+		return r.metric("vault_kms_plugin_vault_logins_total", `outcome="ok"`) > loginsBefore
+	})
+	if failed := r.metric("vault_kms_plugin_vault_logins_total", `outcome="400"`); failed != 0 {
+		t.Fatalf("%v failed logins: the old secret ID was used", failed)
+	}
+	if _, err := r.client.Encrypt(context.Background(), "uid", []byte("seed")); err != nil {
+		t.Fatalf("Encrypt after secret-id rotation: %v", err)
+	}
+}
+
+func TestVaultOutageIsReportedAndRecoveredWithoutRestart(t *testing.T) {
+	r := newRig(t, rigOptions{persistent: true, refresh: time.Second})
+	ctx := context.Background()
+	resp, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyID := r.status().KeyID
+	pid := r.plugin.cmd.Process.Pid
+
+	r.vault.Stop()
+	down := time.Now()
+	waitFor(t, 10*time.Second, "healthz to stop being ok", func() bool { return r.status().Healthz != "ok" })
+	if d := time.Since(down); d > r.refresh+time.Second {
+		t.Errorf("outage reported after %s, more than one interval (%s) plus 1s", d, r.refresh)
+	}
+	st := r.status()
+	t.Logf("healthz while Vault is down: %q", st.Healthz)
+	if st.KeyID != keyID {
+		t.Errorf("key_id changed during the outage: %q", st.KeyID)
+	}
+	if code, body := r.getCode("/readyz"); code != 503 || !strings.Contains(body, "connection refused") {
+		t.Errorf("/readyz = %d %q, want 503 with the cause", code, body)
+	}
+	_, err = r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("Decrypt with Vault down = %v, want Unavailable", err)
+	}
+
+	r.vault.Start()
+	r.waitHealthy(20 * time.Second)
+	pt, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+	if err != nil || string(pt) != "seed" {
+		t.Fatalf("Decrypt after Vault came back: %q, %v", pt, err)
+	}
+	if r.plugin.cmd.Process.Pid != pid {
+		t.Fatal("plugin restarted")
+	}
+	select {
+	case <-r.plugin.done:
+		t.Fatal("plugin exited during the outage")
+	default:
+	}
+}
+
+func TestBadCiphertextsAreRefusedClearly(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	good, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodCT := string(good.Ciphertext)
+	payload, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(goodCT, "vault:v1:"))
+	tampered := append([]byte(nil), payload...)
+	tampered[len(tampered)/2] ^= 0x01
+
+	tests := []struct {
+		name       string
+		ciphertext string
+		keyID      string
+		want       codes.Code
+		msg        string
+	}{
+		{name: "tampered payload => InvalidArgument", ciphertext: "vault:v1:" + base64.StdEncoding.EncodeToString(tampered), want: codes.InvalidArgument, msg: "tampered"},
+		{name: "truncated payload => InvalidArgument", ciphertext: goodCT[:len(goodCT)-20], want: codes.InvalidArgument},
+		{name: "garbage => InvalidArgument", ciphertext: "\x00\xffnot a ciphertext", want: codes.InvalidArgument, msg: "not a Vault transit ciphertext"},
+		{name: "unknown key version => FailedPrecondition", ciphertext: strings.Replace(goodCT, "vault:v1:", "vault:v99:", 1), want: codes.FailedPrecondition, msg: "does not exist"},
+		{name: "key_id for another version => InvalidArgument", ciphertext: goodCT, keyID: strings.Replace(good.KeyID, ":v1:", ":v2:", 1), want: codes.InvalidArgument, msg: "tampered"},
+		{name: "oversize => InvalidArgument", ciphertext: "vault:v1:" + strings.Repeat("A", 4096), want: codes.InvalidArgument, msg: "1024"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: []byte(tt.ciphertext), KeyID: tt.keyID})
+			if status.Code(err) != tt.want || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("Decrypt = %v, want %v mentioning %q", err, tt.want, tt.msg)
+			}
+		})
+	}
+
+	t.Run("version below min_decryption_version => FailedPrecondition", func(t *testing.T) {
+		r.vault.RotateKey(mount, key)
+		if _, err := r.vault.Client.Logical().Write(mount+"/keys/"+key+"/config", map[string]any{"min_decryption_version": 2}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: good.Ciphertext, KeyID: good.KeyID})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "min_decryption_version") {
+			t.Fatalf("Decrypt = %v, want FailedPrecondition naming min_decryption_version", err)
+		}
+		// Reversible: lowering it makes the object readable again.
+		if _, err := r.vault.Client.Logical().Write(mount+"/keys/"+key+"/config", map[string]any{"min_decryption_version": 1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: good.Ciphertext, KeyID: good.KeyID}); err != nil {
+			t.Fatalf("Decrypt after lowering min_decryption_version: %v", err)
+		}
+	})
+
+	// None of that hurt the plugin.
+	if _, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: good.Ciphertext, KeyID: good.KeyID}); err != nil {
+		t.Fatalf("good ciphertext after bad ones: %v", err)
+	}
+}
+
+func TestFailoverToTheNextVaultAddress(t *testing.T) {
+	dead := "http://127.0.0.1:1"
+	r := newRig(t, rigOptions{addresses: func(live string) string { return dead + "," + live }})
+	resp, err := r.client.Encrypt(context.Background(), "uid", []byte("seed"))
+	if err != nil {
+		t.Fatalf("Encrypt with the first Vault address dead: %v", err)
+	}
+	if _, err := r.client.Decrypt(context.Background(), "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNoSecretInArgvLogsOrMetrics(t *testing.T) {
+	r := newRig(t, rigOptions{tokenTTL: 2 * time.Second, tokenMaxTTL: 4 * time.Second})
+	ctx := context.Background()
+	plaintext := []byte("plaintext-dek-seed-0123456789abc")
+	resp, err := r.client.Encrypt(ctx, "uid", plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID}); err != nil {
+		t.Fatal(err)
+	}
+	// Exercise renewals, re-logins and errors so their log lines exist.
+	time.Sleep(5 * time.Second)
+	_, _ = r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: []byte("vault:v1:AAAA")})
+
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.plugin.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	places := map[string]string{
+		"argv":    string(cmdline),
+		"log":     r.plugin.log(),
+		"metrics": r.get("/metrics"),
+		"readyz":  r.get("/readyz"),
+	}
+	secrets := map[string]string{
+		"secret ID":           r.secretID,
+		"Vault token":         "hvs.",
+		"root token":          r.vault.RootToken,
+		"plaintext":           string(plaintext),
+		"plaintext as base64": base64.StdEncoding.EncodeToString(plaintext),
+		"plaintext as hex":    hex.EncodeToString(plaintext),
+	}
+	for where, text := range places {
+		for what, secret := range secrets {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s contains the %s", where, what)
+			}
+		}
+	}
+	if !strings.Contains(places["log"], "Renewed Vault token") && !strings.Contains(places["log"], "Logged in to Vault") {
+		t.Errorf("log has no token lifecycle lines; the check above proved nothing:\n%s", tail(places["log"], 2000))
+	}
+}
+
+func TestConcurrentCallsAllAnswerCorrectly(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	var cts []*kmsservice.EncryptResponse
+	for i := 0; i < 8; i++ {
+		resp, err := r.client.Encrypt(ctx, "uid", []byte(fmt.Sprintf("seed-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts = append(cts, resp)
+	}
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				n := (g + i) % len(cts)
+				pt, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: cts[n].Ciphertext, KeyID: cts[n].KeyID})
+				if err != nil || string(pt) != fmt.Sprintf("seed-%d", n) {
+					t.Errorf("decrypt %d: %q, %v", n, pt, err)
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 32*20 {
+		t.Fatalf("%d of %d concurrent decrypts answered correctly", ok.Load(), 32*20)
+	}
+}
+
+func TestGracefulShutdownFinishesCallsInFlight(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	resp, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Freeze Vault so the calls below are provably inside the plugin when
+	// SIGTERM arrives.
+	r.vault.Pause()
+	const inFlight = 8
+	errs := make(chan error, inFlight)
+	for i := 0; i < inFlight; i++ {
+		go func() {
+			pt, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+			if err == nil && string(pt) != "seed" {
+				err = fmt.Errorf("wrong plaintext %q", pt)
+			}
+			errs <- err
+		}()
+	}
+	waitFor(t, 5*time.Second, "calls in flight", func() bool {
+		return r.metric("vault_kms_plugin_requests_in_flight", `method="Decrypt"`) == inFlight
+	})
+	if err := r.plugin.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Lstat(r.sock); err != nil {
+		t.Fatalf("socket removed before calls in flight finished: %v", err)
+	}
+	r.vault.Resume()
+	for i := 0; i < inFlight; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("call in flight at SIGTERM: %v", err)
+		}
+	}
+	if code := r.plugin.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0", code)
+	}
+	if _, err := os.Lstat(r.sock); !os.IsNotExist(err) {
+		t.Fatalf("socket still there after shutdown: %v", err)
+	}
+	if !strings.Contains(r.plugin.log(), "Shutting down") {
+		t.Error("no shutdown line in the log")
+	}
+}

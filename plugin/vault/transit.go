@@ -1,0 +1,170 @@
+package vault
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// Transit is one transit key on one mount.
+type Transit struct {
+	c    *Client
+	base string // "<mount>/"
+	key  string // path-escaped key name
+}
+
+// Transit returns the operations on key under mount.
+func (c *Client) Transit(mount, key string) *Transit {
+	return &Transit{
+		c:    c,
+		base: strings.Trim(mount, "/") + "/",
+		key:  url.PathEscape(key),
+	}
+}
+
+// KeyInfo is what the plugin needs to know about the transit key.
+type KeyInfo struct {
+	LatestVersion        int
+	MinDecryptionVersion int
+	Type                 string
+	// LatestCreated is Vault's creation record of the latest version, as
+	// sent; it changes when a key is deleted and re-created.
+	LatestCreated string
+}
+
+type envelope[T any] struct {
+	Data T `json:"data"`
+}
+
+// post sends body as JSON and decodes the response's "data" into out.
+func post[T any](ctx context.Context, n node, path string, body any, out *T) error {
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	resp, err := n.transit.Logical().WriteRawWithContext(ctx, path, raw)
+	return decode(resp, err, out)
+}
+
+func decode[T any](resp *api.Response, err error, out *T) error {
+	var env envelope[T]
+	if err := decodeBody(resp, err, &env); err != nil {
+		return err
+	}
+	*out = env.Data
+	return nil
+}
+
+// decodeBody decodes a whole Vault response into v and always drains and
+// closes the body so the connection goes back to the pool.
+func decodeBody(resp *api.Response, err error, v any) error {
+	if resp != nil && resp.Body != nil {
+		defer func() {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+	if err != nil {
+		return err
+	}
+	if resp == nil || resp.Body == nil {
+		return fmt.Errorf("empty response")
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}
+
+// Encrypt wraps plaintext and returns Vault's "vault:vN:..." ciphertext.
+func (t *Transit) Encrypt(ctx context.Context, plaintext []byte) (string, error) {
+	var out struct {
+		Ciphertext string `json:"ciphertext"`
+	}
+	err := t.c.doAuthed(ctx, "transit encrypt", func(ctx context.Context, n node) error {
+		return post(ctx, n, t.base+"encrypt/"+t.key, struct {
+			Plaintext string `json:"plaintext"`
+		}{base64.StdEncoding.EncodeToString(plaintext)}, &out)
+	})
+	if err != nil {
+		return "", err
+	}
+	if out.Ciphertext == "" {
+		return "", fmt.Errorf("transit encrypt: Vault returned no ciphertext")
+	}
+	return out.Ciphertext, nil
+}
+
+// Decrypt unwraps a "vault:vN:..." ciphertext.
+func (t *Transit) Decrypt(ctx context.Context, ciphertext string) ([]byte, error) {
+	var out struct {
+		Plaintext string `json:"plaintext"`
+	}
+	err := t.c.doAuthed(ctx, "transit decrypt", func(ctx context.Context, n node) error {
+		return post(ctx, n, t.base+"decrypt/"+t.key, struct {
+			Ciphertext string `json:"ciphertext"`
+		}{ciphertext}, &out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	pt, err := base64.StdEncoding.DecodeString(out.Plaintext)
+	if err != nil {
+		return nil, fmt.Errorf("transit decrypt: Vault returned plaintext that is not base64")
+	}
+	return pt, nil
+}
+
+// ReadKey reads the key's metadata. It needs only "read" on the key.
+func (t *Transit) ReadKey(ctx context.Context) (KeyInfo, error) {
+	var out struct {
+		LatestVersion        int                        `json:"latest_version"`
+		MinDecryptionVersion int                        `json:"min_decryption_version"`
+		Type                 string                     `json:"type"`
+		Keys                 map[string]json.RawMessage `json:"keys"`
+	}
+	err := t.c.doAuthed(ctx, "transit read key", func(ctx context.Context, n node) error {
+		resp, err := n.transit.Logical().ReadRawWithContext(ctx, t.base+"keys/"+t.key)
+		return decode(resp, err, &out)
+	})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	if out.LatestVersion < 1 {
+		return KeyInfo{}, fmt.Errorf("transit read key: Vault reported latest_version %d", out.LatestVersion)
+	}
+	return KeyInfo{
+		LatestVersion:        out.LatestVersion,
+		MinDecryptionVersion: out.MinDecryptionVersion,
+		Type:                 out.Type,
+		LatestCreated:        string(out.Keys[strconv.Itoa(out.LatestVersion)]),
+	}, nil
+}
+
+// HMAC computes the HMAC of input under one version of the key, returning
+// Vault's "vault:vN:<base64>" string.
+func (t *Transit) HMAC(ctx context.Context, version int, input []byte) (string, error) {
+	var out struct {
+		HMAC string `json:"hmac"`
+	}
+	err := t.c.doAuthed(ctx, "transit hmac", func(ctx context.Context, n node) error {
+		return post(ctx, n, t.base+"hmac/"+t.key, struct {
+			Input      string `json:"input"`
+			KeyVersion int    `json:"key_version"`
+		}{base64.StdEncoding.EncodeToString(input), version}, &out)
+	})
+	if err != nil {
+		return "", err
+	}
+	if out.HMAC == "" {
+		return "", fmt.Errorf("transit hmac: Vault returned no hmac")
+	}
+	return out.HMAC, nil
+}
