@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/apiserver/pkg/storage/value"
@@ -427,4 +429,90 @@ func TestGracefulShutdownFinishesCallsInFlight(t *testing.T) {
 	if !strings.Contains(r.plugin.log(), "Shutting down") {
 		t.Error("no shutdown line in the log")
 	}
+}
+
+func TestTLSWithCAServerNameAndClientCertificate(t *testing.T) {
+	r := newRig(t, rigOptions{tls: true})
+	resp, err := r.client.Encrypt(context.Background(), "uid", []byte("seed"))
+	if err != nil {
+		t.Fatalf("Encrypt over TLS: %v", err)
+	}
+	if _, err := r.client.Decrypt(context.Background(), "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Verification is on by default: each missing piece is refused, and
+	// Status says why.
+	tests := []struct {
+		name string
+		drop []string
+		want string
+	}{
+		{name: "no CA file => unknown authority", drop: []string{"-tls-ca-file="}, want: "certificate signed by unknown authority"},
+		{name: "no server name => certificate does not match 127.0.0.1", drop: []string{"-tls-sni="}, want: "doesn't contain any IP SANs"},
+		{name: "no client certificate => Vault refuses the handshake", drop: []string{"-tls-client-cert=", "-tls-client-key="}, want: "certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, client, _ := r.startPlugin(r.argsWithout(tt.drop...))
+			var st *kmsservice.StatusResponse
+			waitFor(t, 10*time.Second, "a TLS failure in Status", func() bool {
+				s, err := client.Status(context.Background())
+				st = s
+				return err == nil && !strings.HasPrefix(s.Healthz, "starting")
+			})
+			t.Logf("healthz: %s", st.Healthz)
+			if st.Healthz == "ok" || !strings.Contains(st.Healthz, tt.want) {
+				t.Fatalf("healthz = %q, want a failure mentioning %q", st.Healthz, tt.want)
+			}
+			if _, err := client.Encrypt(context.Background(), "uid", []byte("seed")); status.Code(err) != codes.Unavailable {
+				t.Fatalf("Encrypt = %v, want Unavailable", err)
+			}
+			p.stop()
+		})
+	}
+}
+
+func TestTokenFileAuthPicksUpANewToken(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	newToken := func() string {
+		sec, err := r.vault.Client.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{"kms-plugin"}, TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sec.Auth.ClientToken
+	}
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	first := newToken()
+	writeFileAtomic(t, tokenPath, first)
+	p, client, _ := r.startPlugin(append(r.argsWithout("-approle-"), "-vault-token-path="+tokenPath))
+	waitFor(t, 10*time.Second, "healthy with a token file", func() bool {
+		s, err := client.Status(context.Background())
+		return err == nil && s.Healthz == "ok"
+	})
+
+	// Replace the file, then revoke the old token: the plugin must be
+	// using the new one.
+	writeFileAtomic(t, tokenPath, newToken())
+	time.Sleep(3 * time.Second) // the keeper polls the file every 2s
+	if err := r.vault.Client.Auth().Token().RevokeTree(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Encrypt(context.Background(), "uid", []byte("seed")); err != nil {
+		t.Fatalf("Encrypt after the token file changed and the old token was revoked: %v\n%s", err, tail(p.log(), 2000))
+	}
+	if strings.Contains(p.log(), first) {
+		t.Fatal("the token appears in the log")
+	}
+}
+
+func TestRoleIDFromAFile(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	roleIDPath := filepath.Join(t.TempDir(), "role-id")
+	writeFileAtomic(t, roleIDPath, r.role.RoleID+"\n")
+	_, client, _ := r.startPlugin(append(r.argsWithout("-approle-role-id="), "-approle-role-id-path="+roleIDPath))
+	waitFor(t, 10*time.Second, "healthy with the role ID from a file", func() bool {
+		s, err := client.Status(context.Background())
+		return err == nil && s.Healthz == "ok"
+	})
 }

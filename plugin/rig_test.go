@@ -62,6 +62,7 @@ type rigOptions struct {
 	refresh     time.Duration // -status-refresh-interval (default 500ms)
 	addresses   func(vaultAddr string) string
 	extraArgs   []string
+	tls         bool // Vault on TLS requiring a client certificate
 }
 
 // rig is a real Vault with transit and AppRole, and the real plugin binary
@@ -90,7 +91,13 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		o.refresh = 500 * time.Millisecond
 	}
 	r := &rig{t: t, dir: t.TempDir(), refresh: o.refresh}
-	if o.persistent {
+	var tlsArgs []string
+	if o.tls {
+		f := vaulttest.NewTLSFiles(t)
+		r.vault = vaulttest.StartPersistentTLS(t, f)
+		tlsArgs = []string{"-tls-ca-file=" + f.CAFile, "-tls-sni=" + f.ServerName,
+			"-tls-client-cert=" + f.ClientCertFile, "-tls-client-key=" + f.ClientKey}
+	} else if o.persistent {
 		r.vault = vaulttest.StartPersistent(t)
 	} else {
 		r.vault = vaulttest.StartDev(t)
@@ -116,11 +123,43 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		"-metrics-port=" + strconv.Itoa(r.metricsPort),
 		"-status-refresh-interval=" + o.refresh.String(),
 		"-log-level=debug-extended",
-	}, o.extraArgs...)
+	}, append(tlsArgs, o.extraArgs...)...)
 	r.plugin = startProcess(t, pluginBin, r.args...)
 	r.client = connect(t, r.sock)
 	r.waitHealthy(30 * time.Second)
 	return r
+}
+
+// startPlugin starts another plugin process with args, on its own socket
+// and metrics port (any -listen-address or -metrics-port in args is
+// replaced), and returns it with a client. It does not wait for health.
+func (r *rig) startPlugin(args []string) (*process, kmsservice.Service, string) {
+	r.t.Helper()
+	sock := filepath.Join(r.t.TempDir(), "kms.sock")
+	var out []string
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-listen-address=") && !strings.HasPrefix(a, "-metrics-port=") {
+			out = append(out, a)
+		}
+	}
+	out = append(out, "-listen-address=unix://"+sock)
+	p := startProcess(r.t, pluginBin, out...)
+	return p, connect(r.t, sock), sock
+}
+
+// argsWithout returns the rig's plugin args minus those with any prefix.
+func (r *rig) argsWithout(prefixes ...string) []string {
+	var out []string
+next:
+	for _, a := range r.args {
+		for _, p := range prefixes {
+			if strings.HasPrefix(a, p) {
+				continue next
+			}
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // connect dials the socket with the API server's KMSv2 client.

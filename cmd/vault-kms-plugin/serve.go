@@ -51,12 +51,8 @@ func serve(ctx context.Context, o *options) error {
 		}
 	}
 	// Vault being down is not fatal: serve anyway, so the API server sees
-	// the reason in Status, and recover when Vault comes back.
-	loginCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if err := keeper.Login(loginCtx); err != nil {
-		klog.ErrorS(err, "Initial Vault login failed; retrying in the background")
-	}
-	cancel()
+	// the reason in Status, and recover when Vault comes back. The keeper
+	// logs in at once; a refresh that races it waits for that login.
 	go keeper.Run(ctx)
 	go p.Run(ctx)
 

@@ -187,9 +187,15 @@ func (k *Keeper) Reauth(ctx context.Context) error {
 	return k.loginLocked(ctx)
 }
 
+// callTimeout bounds one login or renewal, so a hung Vault delays the next
+// attempt instead of stopping the keeper.
+const callTimeout = 10 * time.Second
+
 func (k *Keeper) loginLocked(ctx context.Context) error {
 	fp := k.method.Fingerprint()
-	tok, err := k.method.Login(ctx)
+	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+	tok, err := k.method.Login(callCtx)
+	cancel()
 	if k.hooks.Login != nil {
 		k.hooks.Login(err)
 	}
@@ -254,7 +260,9 @@ func (k *Keeper) Run(ctx context.Context) {
 	for {
 		k.mu.Lock()
 		s := k.state
-		changed := k.method.Fingerprint() != k.fingerprint
+		// Only a credential that changed under a working token is news;
+		// without one the keeper logs in anyway.
+		changed := s.valid && k.method.Fingerprint() != k.fingerprint
 		k.mu.Unlock()
 
 		var err error
@@ -293,7 +301,9 @@ func (k *Keeper) renew(ctx context.Context, s tokenState) error {
 	// outcome of renewing the token it replaced.
 	k.loginMu.Lock()
 	defer k.loginMu.Unlock()
-	tok, err := k.client.RenewSelf(ctx, s.loginTTL)
+	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+	tok, err := k.client.RenewSelf(callCtx, s.loginTTL)
+	cancel()
 	if k.hooks.Renew != nil {
 		k.hooks.Renew(err)
 	}

@@ -42,6 +42,9 @@ type Config struct {
 	Observe func(op string, d time.Duration, err error)
 }
 
+// maxCallDuration bounds a Vault call whose context has no deadline.
+const maxCallDuration = 30 * time.Second
+
 // Client talks to one Vault cluster through any of its nodes.
 type Client struct {
 	nodes   []node
@@ -137,7 +140,10 @@ func newAPIClient(addr string, hc *http.Client, namespace string) (*api.Client, 
 		// which Vault's own backoff (1–1.5 s per retry) would mostly spend
 		// waiting on a node that is down.
 		MaxRetries: 0,
-		Timeout:    30 * time.Second,
+		// No client timeout: with one, Logical().*Raw* cancel their context
+		// on return, before the caller reads the body ("context canceled").
+		// Every call carries a deadline instead (see do).
+		Timeout: 0,
 	})
 	if err != nil {
 		return nil, err
@@ -176,6 +182,12 @@ func (c *Client) Address() string {
 // do runs call against the current node and, when that node is unreachable
 // or answers with a server error, against each other node once, within ctx.
 func (c *Client) do(ctx context.Context, op string, call func(ctx context.Context, n node) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		// A hung Vault must not hold a call, and its goroutine, forever.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, maxCallDuration)
+		defer cancel()
+	}
 	start := time.Now()
 	first := int(c.current.Load())
 	var err error

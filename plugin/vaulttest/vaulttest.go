@@ -58,6 +58,21 @@ type Server struct {
 	port       int
 	cmd        *exec.Cmd
 	exited     chan struct{}
+	tls        *TLSFiles    // nil: plain HTTP
+	httpc      *http.Client // for health checks; nil: http.DefaultClient
+}
+
+func (s *Server) healthGet(query string) (int, error) {
+	c := s.httpc
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Get(s.Addr + "/v1/sys/health" + query)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 // StartDev starts `vault server -dev` on a free loopback port. It is stopped
@@ -155,12 +170,8 @@ func (s *Server) waitListening() {
 			s.t.Fatalf("vault exited while starting:\n%s", s.logTail())
 		default:
 		}
-		resp, err := http.Get(s.Addr + "/v1/sys/health?standbyok=true&sealedcode=200&uninitcode=200")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if code, err := s.healthGet("?standbyok=true&sealedcode=200&uninitcode=200"); err == nil && code == http.StatusOK {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -176,12 +187,8 @@ func (s *Server) unseal() {
 	// elects a leader before it serves requests.
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.Addr + "/v1/sys/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if code, err := s.healthGet(""); err == nil && code == http.StatusOK {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -235,6 +242,9 @@ func (s *Server) newClient() *api.Client {
 	s.t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = s.Addr
+	if s.tls != nil {
+		s.Must(cfg.ConfigureTLS(s.tls.apiTLSConfig()), "configure TLS")
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		s.t.Fatal(err)

@@ -1,0 +1,119 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorder is an HTTP server that answers like Vault and records requests.
+// Namespaces are a Vault Enterprise feature, so the real Vault in the
+// integration tests cannot show them; this shows the headers we send.
+type recorder struct {
+	mu   sync.Mutex
+	seen []string // "path ns=<namespace> token=<yes|no>"
+}
+
+func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	tok := "no"
+	if req.Header.Get("X-Vault-Token") != "" {
+		tok = "yes"
+	}
+	r.mu.Lock()
+	r.seen = append(r.seen, req.URL.Path+" ns="+req.Header.Get("X-Vault-Namespace")+" token="+tok)
+	r.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case strings.HasSuffix(req.URL.Path, "/login"), strings.HasSuffix(req.URL.Path, "/renew-self"):
+		_ = json.NewEncoder(w).Encode(map[string]any{"auth": map[string]any{"client_token": "t", "lease_duration": 60, "renewable": true}})
+	case strings.Contains(req.URL.Path, "/encrypt/"):
+		_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"ciphertext": "vault:v1:AAAA"}})
+	default:
+		_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{}})
+	}
+}
+
+func TestNamespacesGoToTheRightCalls(t *testing.T) {
+	rec := &recorder{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c, err := New(Config{Addresses: []string{srv.URL}, Namespace: "team-a/kms", AuthNamespace: "team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tok, err := c.LoginAppRole(ctx, "approle", "role", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(tok.Value)
+	if _, err := c.Transit("transit", "k").Encrypt(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RenewSelf(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"/v1/auth/approle/login ns=team-a token=no",
+		"/v1/transit/encrypt/k ns=team-a/kms token=yes",
+		"/v1/auth/token/renew-self ns=team-a token=yes",
+	}
+	if strings.Join(rec.seen, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("requests:\n%s\nwant:\n%s", strings.Join(rec.seen, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestVaultEnvironmentIsIgnored(t *testing.T) {
+	rec := &recorder{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	for k, v := range map[string]string{"VAULT_TOKEN": "from-env", "VAULT_NAMESPACE": "env-ns", "VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AGENT_ADDR": "http://127.0.0.1:1"} {
+		t.Setenv(k, v)
+	}
+	c, err := New(Config{Addresses: []string{srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Transit("transit", "k").Encrypt(context.Background(), []byte("x")); err != nil {
+		t.Fatalf("Encrypt went elsewhere than the configured address: %v", err)
+	}
+	if got := rec.seen[0]; got != "/v1/transit/encrypt/k ns= token=no" {
+		t.Fatalf("request = %q: environment leaked into the client", got)
+	}
+}
+
+func TestFailoverSticksToTheNodeThatAnswered(t *testing.T) {
+	rec := &recorder{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c, err := New(Config{Addresses: []string{"http://127.0.0.1:1", srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := c.Transit("transit", "k").Encrypt(context.Background(), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.Address() != srv.URL || len(rec.seen) != 3 {
+		t.Fatalf("address %s after failover, %d requests reached the live node", c.Address(), len(rec.seen))
+	}
+}
+
+func TestErrorsSayWhatAndWhere(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"errors":["cipher: message authentication failed"]}`))
+	}))
+	defer srv.Close()
+	c, _ := New(Config{Addresses: []string{srv.URL}})
+	_, err := c.Transit("transit", "k").Decrypt(context.Background(), "vault:v1:AAAA")
+	if !IsBadRequest(err) || !strings.Contains(err.Error(), "transit decrypt at "+srv.URL) || !strings.Contains(err.Error(), "message authentication failed") {
+		t.Fatalf("err = %v", err)
+	}
+}
