@@ -381,6 +381,57 @@ func TestConcurrentCallsAllAnswerCorrectly(t *testing.T) {
 	if ok.Load() != 32*20 {
 		t.Fatalf("%d of %d concurrent decrypts answered correctly", ok.Load(), 32*20)
 	}
+	// Coalescing and dedupe: far fewer Vault calls than KMS calls.
+	vaultCalls := r.metric("vault_kms_plugin_vault_request_duration_seconds_count", `operation="transit decrypt"`)
+	t.Logf("%d concurrent decrypts took %v Vault calls", 32*20, vaultCalls)
+	if vaultCalls == 0 || vaultCalls >= 32*20/2 {
+		t.Errorf("%v Vault decrypt calls for %d concurrent decrypts of 8 ciphertexts: not coalesced", vaultCalls, 32*20)
+	}
+}
+
+func TestABadCiphertextInABatchFailsOnlyItsCaller(t *testing.T) {
+	// One slot to Vault, so concurrent calls are forced into shared batches.
+	r := newRig(t, rigOptions{extraArgs: []string{"-batch-max-in-flight=1"}})
+	ctx := context.Background()
+	good := make([]*kmsservice.EncryptResponse, 16)
+	for i := range good {
+		resp, err := r.client.Encrypt(ctx, "uid", []byte(fmt.Sprintf("seed-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		good[i] = resp
+	}
+	payload, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(string(good[0].Ciphertext), "vault:v1:"))
+	payload[len(payload)/2] ^= 1
+	tampered := []byte("vault:v1:" + base64.StdEncoding.EncodeToString(payload))
+
+	before := r.metric("vault_kms_plugin_vault_request_duration_seconds_count", `operation="transit decrypt"`)
+	var wg sync.WaitGroup
+	for round := 0; round < 5; round++ {
+		for i := range good {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				pt, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: good[i].Ciphertext, KeyID: good[i].KeyID})
+				if err != nil || string(pt) != fmt.Sprintf("seed-%d", i) {
+					t.Errorf("good ciphertext %d: %q, %v", i, pt, err)
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				_, err := r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: tampered})
+				if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "message authentication failed") {
+					t.Errorf("tampered ciphertext: %v, want InvalidArgument", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	calls := r.metric("vault_kms_plugin_vault_request_duration_seconds_count", `operation="transit decrypt"`) - before
+	t.Logf("160 decrypts (80 tampered) in %v Vault calls", calls)
+	if calls >= 80 {
+		t.Errorf("%v Vault calls for 160 concurrent decrypts: they were not batched", calls)
+	}
 }
 
 func TestGracefulShutdownFinishesCallsInFlight(t *testing.T) {

@@ -68,7 +68,7 @@ type rigOptions struct {
 // rig is a real Vault with transit and AppRole, and the real plugin binary
 // serving on a socket, reached through the API server's own KMSv2 client.
 type rig struct {
-	t            *testing.T
+	t            testing.TB
 	vault        *vaulttest.Server
 	role         vaulttest.AppRole
 	secretID     string
@@ -82,7 +82,7 @@ type rig struct {
 	client       kmsservice.Service
 }
 
-func newRig(t *testing.T, o rigOptions) *rig {
+func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	if o.tokenTTL == 0 {
 		o.tokenTTL, o.tokenMaxTTL = time.Hour, 2*time.Hour
@@ -163,7 +163,7 @@ next:
 }
 
 // connect dials the socket with the API server's KMSv2 client.
-func connect(t *testing.T, sock string) kmsservice.Service {
+func connect(t testing.TB, sock string) kmsservice.Service {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -246,7 +246,7 @@ func (r *rig) getCode(path string) (int, string) {
 
 // process is a child process whose stderr is kept in a file.
 type process struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{}
@@ -254,7 +254,7 @@ type process struct {
 	exit    int
 }
 
-func startProcess(t *testing.T, bin string, args ...string) *process {
+func startProcess(t testing.TB, bin string, args ...string) *process {
 	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "plugin-*.log")
 	if err != nil {
@@ -330,14 +330,14 @@ func tail(s string, n int) string {
 	return s
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	if !vaulttest.WaitFor(context.Background(), timeout, cond) {
 		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 
-func writeFileAtomic(t *testing.T, path, content string) {
+func writeFileAtomic(t testing.TB, path, content string) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +19,13 @@ import (
 )
 
 func main() {
+	// The plugin is I/O-bound (well under one core at 10k decrypts/s). On
+	// one P, gRPC's goroutine handoffs stay on one thread instead of waking
+	// another, which halves Status latency, and the sidecar stays out of
+	// the API server's way. The GOMAXPROCS environment variable overrides.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 

@@ -60,6 +60,9 @@ func TestBadFlagsExit2WithOneLine(t *testing.T) {
 		{name: "unknown socket group => error", args: append(good, "-socket-group=no-such-group-xyz"), want: "-socket-group: no group"},
 		{name: "secret id as a flag => refused with a hint", args: append(good, "-approle-secret-id=hunter2"), want: "never taken as flags"},
 		{name: "unknown flag => error", args: append(good, "-bogus"), want: "flag provided but not defined: -bogus"},
+		{name: "batch size zero => error", args: append(good, "-batch-max-size=0"), want: "-batch-max-size must be between"},
+		{name: "batch in flight zero => error", args: append(good, "-batch-max-in-flight=0"), want: "-batch-max-in-flight must be at least 1"},
+		{name: "negative batch window => error", args: append(good, "-batch-window=-1ms"), want: "-batch-window must be between"},
 		{name: "positional argument => error", args: append(good, "extra"), want: "unexpected argument"},
 		{name: "malformed duration => error", args: append(good, "-status-refresh-interval=soon"), want: "invalid value"},
 	}
@@ -94,7 +97,7 @@ func TestGoodFlagsValidate(t *testing.T) {
 		listenAddress: "unix://" + filepath.Join(dir, "kms.sock"), vaultAddress: "https://a:8200, https://b:8200/",
 		transitMount: "transit", transitKey: "k", approleMount: "approle",
 		approleRoleID: "r", approleSecretIDPath: secret, logLevel: "debug-extended",
-		statusRefreshInterval: 20e9, socketGroup: "0",
+		statusRefreshInterval: 20e9, socketGroup: "0", batchMaxSize: 128, batchMaxInFlight: 8,
 	}
 	if err := o.validate(nil); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,9 @@ type options struct {
 	statusRefreshInterval time.Duration
 	logLevel              string
 	socketGroup           string
+	batchMaxSize          int
+	batchMaxInFlight      int
+	batchWindow           time.Duration
 
 	// Set by validate.
 	socketPath string
@@ -63,6 +66,9 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.metricsPort, "metrics-port", 0, "port on 127.0.0.1 for /metrics, /healthz, /livez and /readyz (0: off)")
 	fs.DurationVar(&o.statusRefreshInterval, "status-refresh-interval", 20*time.Second, "how often to read the transit key's metadata for Status")
 	fs.StringVar(&o.logLevel, "log-level", "info", "info, debug, debug-extended, warn, error, or a klog verbosity 0-10")
+	fs.IntVar(&o.batchMaxSize, "batch-max-size", 128, "most Encrypts or Decrypts coalesced into one transit batch call (1: no batching)")
+	fs.IntVar(&o.batchMaxInFlight, "batch-max-in-flight", 8, "most transit encrypt or decrypt calls to Vault at once; more requests queue and leave as one batch")
+	fs.DurationVar(&o.batchWindow, "batch-window", 0, "how long a batch formed under load waits for more calls (0: send what has queued; a call alone never waits)")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or GID) allowed to use the socket; makes it 0660 instead of 0600")
 }
 
@@ -106,6 +112,15 @@ func (o *options) validate(args []string) error {
 	}
 	if o.statusRefreshInterval < 100*time.Millisecond {
 		return fmt.Errorf("-status-refresh-interval must be at least 100ms, not %s", o.statusRefreshInterval)
+	}
+	if o.batchMaxSize < 1 || o.batchMaxSize > 1024 {
+		return fmt.Errorf("-batch-max-size must be between 1 (no batching) and 1024, not %d", o.batchMaxSize)
+	}
+	if o.batchMaxInFlight < 1 {
+		return fmt.Errorf("-batch-max-in-flight must be at least 1, not %d", o.batchMaxInFlight)
+	}
+	if o.batchWindow < 0 || o.batchWindow > 100*time.Millisecond {
+		return fmt.Errorf("-batch-window must be between 0 and 100ms, not %s", o.batchWindow)
 	}
 	if o.verbosity, err = verbosity(o.logLevel); err != nil {
 		return err

@@ -35,7 +35,12 @@ func serve(ctx context.Context, o *options) error {
 			RoleIDPath: o.approleRoleIDPath, SecretIDPath: o.approleSecretIDPath}
 	}
 	keeper = auth.NewKeeper(client, method, auth.Hooks{Login: m.Login, Renew: m.Renew})
-	p = plugin.New(client.Transit(o.transitMount, o.transitKey), plugin.Config{
+	transit := client.Transit(o.transitMount, o.transitKey)
+	var t plugin.Transit = transit
+	if o.batchMaxSize > 1 {
+		t = transit.Batched(vault.BatchOptions{MaxSize: o.batchMaxSize, MaxInFlight: o.batchMaxInFlight, Window: o.batchWindow})
+	}
+	p = plugin.New(t, plugin.Config{
 		Mount: o.transitMount, Key: o.transitKey, RefreshInterval: o.statusRefreshInterval,
 	})
 

@@ -46,6 +46,8 @@ type Server struct {
 func New(sock *Socket, svc service.Service, observer Observer) *Server {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxMessage),
+		// Serve calls on long-lived workers instead of a new goroutine each.
+		grpc.NumStreamWorkers(4),
 		grpc.ChainUnaryInterceptor(interceptor(observer)),
 	)
 	// k8s.io/kms's own wrapper maps the proto to service.Service; its
