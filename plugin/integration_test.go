@@ -201,8 +201,10 @@ func TestVaultOutageIsReportedAndRecoveredWithoutRestart(t *testing.T) {
 	r.vault.Stop()
 	down := time.Now()
 	waitFor(t, 10*time.Second, "healthz to stop being ok", func() bool { return r.status().Healthz != "ok" })
-	if d := time.Since(down); d > r.refresh+time.Second {
-		t.Errorf("outage reported after %s, more than one interval (%s) plus 1s", d, r.refresh)
+	// One interval, plus the retry budget the client spends riding out a
+	// failover before it gives up (bounded by the refresh's deadline).
+	if d := time.Since(down); d > r.refresh+2*time.Second {
+		t.Errorf("outage reported after %s, more than one interval (%s) plus 2s", d, r.refresh)
 	}
 	st := r.status()
 	t.Logf("healthz while Vault is down: %q", st.Healthz)
@@ -501,7 +503,11 @@ func TestTLSWithCAServerNameAndClientCertificate(t *testing.T) {
 	}{
 		{name: "no CA file => unknown authority", drop: []string{"-tls-ca-file="}, want: "certificate signed by unknown authority"},
 		{name: "no server name => certificate does not match 127.0.0.1", drop: []string{"-tls-sni="}, want: "doesn't contain any IP SANs"},
-		{name: "no client certificate => Vault refuses the handshake", drop: []string{"-tls-client-cert=", "-tls-client-key="}, want: "certificate"},
+		// In TLS 1.3 the server judges the client certificate after the
+		// client has finished its side of the handshake, so the client sees
+		// either the server's alert or the closed connection on its first
+		// write, whichever comes first.
+		{name: "no client certificate => Vault refuses the handshake", drop: []string{"-tls-client-cert=", "-tls-client-key="}, want: "certificate required|broken pipe|connection reset"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -513,7 +519,7 @@ func TestTLSWithCAServerNameAndClientCertificate(t *testing.T) {
 				return err == nil && !strings.HasPrefix(s.Healthz, "starting")
 			})
 			t.Logf("healthz: %s", st.Healthz)
-			if st.Healthz == "ok" || !strings.Contains(st.Healthz, tt.want) {
+			if st.Healthz == "ok" || !containsAny(st.Healthz, strings.Split(tt.want, "|")) {
 				t.Fatalf("healthz = %q, want a failure mentioning %q", st.Healthz, tt.want)
 			}
 			if _, err := client.Encrypt(context.Background(), "uid", []byte("seed")); status.Code(err) != codes.Unavailable {
@@ -566,4 +572,13 @@ func TestRoleIDFromAFile(t *testing.T) {
 		s, err := client.Status(context.Background())
 		return err == nil && s.Healthz == "ok"
 	})
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }

@@ -133,6 +133,11 @@ type Keeper struct {
 	loginMu      sync.Mutex
 	lastAttempt  time.Time
 	lastLoginErr error
+	// A 403 that a fresh token does not cure is a policy problem: each
+	// re-login would only mint another token. reauthStreak counts 403
+	// logins close together and widens the gap between them.
+	lastReauth   time.Time
+	reauthStreak int
 
 	mu          sync.Mutex
 	state       tokenState
@@ -180,11 +185,37 @@ func (k *Keeper) Login(ctx context.Context) error {
 func (k *Keeper) Reauth(ctx context.Context) error {
 	k.loginMu.Lock()
 	defer k.loginMu.Unlock()
-	if !k.lastAttempt.IsZero() && k.now().Sub(k.lastAttempt) < minReloginGap {
+	now := k.now()
+	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < minReloginGap {
 		return k.lastLoginErr
 	}
-	klog.InfoS("Vault refused the token; logging in again", "method", k.method.Name())
+	if !k.lastReauth.IsZero() {
+		since := now.Sub(k.lastReauth)
+		if since < reauthGap(k.reauthStreak) {
+			return k.lastLoginErr
+		}
+		if since < maxReauthGap {
+			k.reauthStreak++
+		} else {
+			k.reauthStreak = 0
+		}
+	}
+	k.lastReauth = now
+	klog.InfoS("Vault refused the token; logging in again", "method", k.method.Name(), "streak", k.reauthStreak)
 	return k.loginLocked(ctx)
+}
+
+// maxReauthGap caps the wait between 403-triggered logins while Vault keeps
+// refusing fresh tokens (for example a policy missing a path).
+const maxReauthGap = 5 * time.Minute
+
+// reauthGap is the wait before the next 403-triggered login after streak
+// logins that did not help: 0, then 2s, 4s, 8s ... up to maxReauthGap.
+func reauthGap(streak int) time.Duration {
+	if streak == 0 {
+		return 0
+	}
+	return min(minReloginGap<<min(streak-1, 20), maxReauthGap)
 }
 
 // callTimeout bounds one login or renewal, so a hung Vault delays the next

@@ -82,3 +82,15 @@ func TestReadCredentialErrorsNeverHoldTheContent(t *testing.T) {
 		t.Fatalf("readCredential = %q, %v", v, err)
 	}
 }
+
+func TestReauthGapGrowsWhileFreshTokensAreRefused(t *testing.T) {
+	want := []time.Duration{0, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	for streak, w := range want {
+		if got := reauthGap(streak); got != w {
+			t.Errorf("reauthGap(%d) = %s, want %s", streak, got, w)
+		}
+	}
+	if got := reauthGap(50); got != maxReauthGap {
+		t.Errorf("reauthGap(50) = %s, want the cap %s", got, maxReauthGap)
+	}
+}

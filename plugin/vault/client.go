@@ -180,7 +180,10 @@ func (c *Client) Address() string {
 }
 
 // do runs call against the current node and, when that node is unreachable
-// or answers with a server error, against each other node once, within ctx.
+// or answers with a server error, against each other node. When every node
+// fails that way (a leader election, a restart) it tries them all again
+// with backoff while the caller's deadline leaves time, so a call rides out
+// a Vault failover instead of failing.
 func (c *Client) do(ctx context.Context, op string, call func(ctx context.Context, n node) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		// A hung Vault must not hold a call, and its goroutine, forever.
@@ -189,27 +192,52 @@ func (c *Client) do(ctx context.Context, op string, call func(ctx context.Contex
 		defer cancel()
 	}
 	start := time.Now()
+	deadline, _ := ctx.Deadline()
 	first := int(c.current.Load())
 	var err error
-	for i := 0; i < len(c.nodes); i++ {
-		idx := (first + i) % len(c.nodes)
-		n := c.nodes[idx]
-		err = call(ctx, n)
-		if err == nil {
-			if idx != first {
-				c.current.CompareAndSwap(int32(first), int32(idx))
+	backoff := 50 * time.Millisecond
+	for round := 0; ; round++ {
+		for i := 0; i < len(c.nodes); i++ {
+			idx := (first + i) % len(c.nodes)
+			n := c.nodes[idx]
+			if err = call(ctx, n); err == nil {
+				if idx != first {
+					c.current.CompareAndSwap(int32(first), int32(idx))
+				}
+				c.report(op, start, nil)
+				return nil
 			}
+			err = wrap(op, n.addr, err)
+			if ctx.Err() != nil || !retryOnOtherNode(err) {
+				c.report(op, start, err)
+				return err
+			}
+		}
+		// Keep a margin so the caller still gets our answer in time.
+		if time.Until(deadline) < backoff+retryMargin || round >= maxRetryRounds {
 			break
 		}
-		err = wrap(op, n.addr, err)
-		if ctx.Err() != nil || !retryOnOtherNode(err) {
-			break
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
 		}
+		backoff = min(backoff*2, time.Second)
 	}
+	c.report(op, start, err)
+	return err
+}
+
+// Retry budget when every node fails: enough rounds to outlast a raft
+// election (about 2 s), bounded by the caller's deadline less retryMargin.
+const (
+	maxRetryRounds = 6
+	retryMargin    = 300 * time.Millisecond
+)
+
+func (c *Client) report(op string, start time.Time, err error) {
 	if c.observe != nil {
 		c.observe(op, time.Since(start), err)
 	}
-	return err
 }
 
 // doAuthed is do for calls that need the token: a 403 triggers one re-login
@@ -244,7 +272,9 @@ func (e *Error) Error() string {
 	if e.Status == 0 {
 		return fmt.Sprintf("%s at %s: %v", e.Op, e.Addr, e.Err)
 	}
-	msg := strings.Join(e.Errors, "; ")
+	// Vault's messages can span lines ("1 error occurred:\n\t* ..."); a
+	// log line and a healthz string must not.
+	msg := strings.Join(strings.Fields(strings.Join(e.Errors, "; ")), " ")
 	if msg == "" {
 		msg = http.StatusText(e.Status)
 	}
