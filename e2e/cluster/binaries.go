@@ -1,0 +1,62 @@
+package cluster
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// binary describes one program the harness runs.
+type binary struct {
+	env      string // environment variable that overrides the path
+	fallback string // path used when env is unset; relative to the repository root unless absolute
+	target   string // how to get it
+}
+
+var (
+	kubeAPIServerBinary = binary{env: "KUBE_APISERVER_BIN", fallback: ".build/bin/kube-apiserver", target: "run `make kube-apiserver`"}
+	etcdBinary          = binary{env: "ETCD_BIN", fallback: "/usr/bin/etcd", target: "run `make etcd` (installs the Debian package etcd-server)"}
+	pluginBinary        = binary{env: "PLUGIN_BIN", fallback: ".build/bin/vault-kms-plugin", target: "run `make build`"}
+	// vaultBinary is found by plugin/vaulttest the same way; it is checked
+	// here too so that a missing Vault is reported before anything starts.
+	vaultBinary = binary{env: "VAULT_BIN", fallback: ".build/bin/vault", target: "run `make vault`"}
+)
+
+// RepoRoot is the repository's top directory, found from this source file so
+// that tests and `go run` work from any directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func (b binary) path() string {
+	if p := os.Getenv(b.env); p != "" {
+		return p
+	}
+	if filepath.IsAbs(b.fallback) {
+		return b.fallback
+	}
+	return filepath.Join(RepoRoot(), b.fallback)
+}
+
+// find returns the binary's path or fails the test, saying how to build it.
+func (b binary) find(t testing.TB) string {
+	t.Helper()
+	p := b.path()
+	fi, err := os.Stat(p)
+	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		t.Fatalf("%s not found at %s ($%s overrides the path): %s; this end-to-end test needs the real binary", filepath.Base(b.fallback), p, b.env, b.target)
+	}
+	return p
+}
+
+// CheckBinaries fails the test unless every binary the harness runs is
+// present (Vault, etcd, kube-apiserver, the plugin), so a missing build is
+// reported, with the make target that provides it, before anything starts.
+func CheckBinaries(t testing.TB) {
+	t.Helper()
+	for _, b := range []binary{vaultBinary, etcdBinary, kubeAPIServerBinary, pluginBinary} {
+		b.find(t)
+	}
+}
