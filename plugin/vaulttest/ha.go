@@ -3,8 +3,6 @@ package vaulttest
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -34,45 +32,12 @@ func StartHA(t testing.TB, n int) *HA {
 	bin := Binary(t)
 	h := &HA{t: t}
 	for i := 1; i <= n; i++ {
-		s := &Server{t: t, bin: bin, Dir: t.TempDir(), port: FreePort(t), persistent: true}
-		s.Addr = fmt.Sprintf("http://127.0.0.1:%d", s.port)
-		s.LogPath = filepath.Join(s.Dir, "vault.log")
-		clusterPort := FreePort(t)
-		if err := os.MkdirAll(filepath.Join(s.Dir, "data"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		// performance_multiplier 1 uses raft's tightest timings, so a
-		// killed leader is replaced in seconds, as on a fast LAN.
-		cfg := fmt.Sprintf(`
-storage "raft" {
-  path                   = %q
-  node_id                = "node%d"
-  performance_multiplier = 1
-}
-listener "tcp" {
-  address         = "127.0.0.1:%d"
-  cluster_address = "127.0.0.1:%d"
-  tls_disable     = true
-}
-api_addr      = "http://127.0.0.1:%d"
-cluster_addr  = "http://127.0.0.1:%d"
-disable_mlock = true
-`, filepath.Join(s.Dir, "data"), i, s.port, clusterPort, s.port, clusterPort)
-		if err := os.WriteFile(filepath.Join(s.Dir, "vault.hcl"), []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Stop)
-		s.start()
-		s.Client = s.newClient()
-		h.Nodes = append(h.Nodes, s)
+		h.Nodes = append(h.Nodes, startRaftNode(t, bin, fmt.Sprintf("node%d", i), nil))
 	}
 
 	first := h.Nodes[0]
-	init, err := first.Client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
-	if err != nil {
-		t.Fatalf("vault operator init: %v\n%s", err, first.logTail())
-	}
-	h.unsealKey, h.RootToken = init.Keys[0], init.RootToken
+	first.initialise()
+	h.unsealKey, h.RootToken = first.unsealKey, first.RootToken
 	for _, s := range h.Nodes {
 		s.unsealKey, s.RootToken = h.unsealKey, h.RootToken
 		s.Client.SetToken(h.RootToken)

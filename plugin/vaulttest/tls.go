@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net/http"
 	"os"
@@ -100,44 +99,9 @@ func writePEM(t testing.TB, path, typ string, der []byte) {
 // client certificate signed by f's CA.
 func StartPersistentTLS(t testing.TB, f *TLSFiles) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), port: FreePort(t), persistent: true, tls: f}
-	s.Addr = fmt.Sprintf("https://127.0.0.1:%d", s.port)
-	s.LogPath = filepath.Join(s.Dir, "vault.log")
-	s.httpc = f.httpClient(t)
-	clusterPort := FreePort(t)
-	if err := os.MkdirAll(filepath.Join(s.Dir, "data"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf(`
-storage "raft" {
-  path    = %q
-  node_id = "node1"
-}
-listener "tcp" {
-  address                            = "127.0.0.1:%d"
-  cluster_address                    = "127.0.0.1:%d"
-  tls_cert_file                      = %q
-  tls_key_file                       = %q
-  tls_client_ca_file                 = %q
-  tls_require_and_verify_client_cert = true
-}
-api_addr      = "https://127.0.0.1:%d"
-cluster_addr  = "https://127.0.0.1:%d"
-disable_mlock = true
-`, filepath.Join(s.Dir, "data"), s.port, clusterPort, f.ServerCertFile, f.ServerKey, f.CAFile, s.port, clusterPort)
-	if err := os.WriteFile(filepath.Join(s.Dir, "vault.hcl"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.start()
-	s.Client = s.newClient()
-	init, err := s.Client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
-	if err != nil {
-		t.Fatalf("vault operator init: %v\n%s", err, s.logTail())
-	}
-	s.unsealKey, s.RootToken = init.Keys[0], init.RootToken
-	s.Client.SetToken(s.RootToken)
+	s := startRaftNode(t, Binary(t), "node1", f)
+	s.initialise()
 	s.unseal()
-	t.Cleanup(s.Stop)
 	return s
 }
 

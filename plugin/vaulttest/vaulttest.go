@@ -94,41 +94,69 @@ func StartDev(t testing.TB) *Server {
 // data, as a real outage would.
 func StartPersistent(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), port: FreePort(t), persistent: true}
-	s.Addr = fmt.Sprintf("http://127.0.0.1:%d", s.port)
+	s := startRaftNode(t, Binary(t), "node1", nil)
+	s.initialise()
+	s.unseal()
+	return s
+}
+
+// startRaftNode starts one Vault node on integrated storage in a temporary
+// directory, with a TLS listener requiring client certificates when tls is
+// set. It is neither initialised nor unsealed; it stops when the test ends.
+func startRaftNode(t testing.TB, bin, nodeID string, tls *TLSFiles) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: bin, Dir: t.TempDir(), port: FreePort(t), persistent: true, tls: tls}
+	scheme, listenerTLS := "http", "tls_disable = true"
+	if tls != nil {
+		scheme = "https"
+		listenerTLS = fmt.Sprintf(`tls_cert_file = %q
+  tls_key_file = %q
+  tls_client_ca_file = %q
+  tls_require_and_verify_client_cert = true`, tls.ServerCertFile, tls.ServerKey, tls.CAFile)
+		s.httpc = tls.httpClient(t)
+	}
+	s.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, s.port)
 	s.LogPath = filepath.Join(s.Dir, "vault.log")
 	clusterPort := FreePort(t)
 	if err := os.MkdirAll(filepath.Join(s.Dir, "data"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// performance_multiplier 1 uses raft's tightest timings, so a killed
+	// leader is replaced in seconds, as on a fast LAN.
 	cfg := fmt.Sprintf(`
 storage "raft" {
-  path    = %q
-  node_id = "node1"
+  path                   = %q
+  node_id                = %q
+  performance_multiplier = 1
 }
 listener "tcp" {
   address         = "127.0.0.1:%d"
   cluster_address = "127.0.0.1:%d"
-  tls_disable     = true
+  %s
 }
-api_addr      = "http://127.0.0.1:%d"
-cluster_addr  = "http://127.0.0.1:%d"
+api_addr      = "%s://127.0.0.1:%d"
+cluster_addr  = "https://127.0.0.1:%d"
 disable_mlock = true
-`, filepath.Join(s.Dir, "data"), s.port, clusterPort, s.port, clusterPort)
+`, filepath.Join(s.Dir, "data"), nodeID, s.port, clusterPort, listenerTLS, scheme, s.port, clusterPort)
 	if err := os.WriteFile(filepath.Join(s.Dir, "vault.hcl"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(s.Stop)
 	s.start()
 	s.Client = s.newClient()
+	return s
+}
+
+// initialise runs `vault operator init` with one key share and keeps the
+// unseal key and root token.
+func (s *Server) initialise() {
+	s.t.Helper()
 	init, err := s.Client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
 	if err != nil {
-		t.Fatalf("vault operator init: %v\n%s", err, s.logTail())
+		s.t.Fatalf("vault operator init: %v\n%s", err, s.logTail())
 	}
 	s.unsealKey, s.RootToken = init.Keys[0], init.RootToken
 	s.Client.SetToken(s.RootToken)
-	s.unseal()
-	t.Cleanup(s.Stop)
-	return s
 }
 
 func (s *Server) start() {
