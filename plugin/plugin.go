@@ -273,12 +273,15 @@ func unhealthy(err error) string {
 	if vault.IsNotFound(err) {
 		msg = "transit key not found: " + msg
 	}
-	const max = 300
-	if len(msg) > max {
-		msg = msg[:max] + "…"
+	if len(msg) > maxHealthz {
+		msg = strings.ToValidUTF8(msg[:maxHealthz], "") + "…"
 	}
 	return msg
 }
+
+// maxHealthz bounds the healthz text, which the API server logs on every
+// poll while the plugin is unhealthy.
+const maxHealthz = 300
 
 // Run refreshes Status every RefreshInterval until ctx ends; while Vault is
 // unhealthy it retries faster, so recovery shows within seconds.
