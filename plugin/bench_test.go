@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,22 +79,32 @@ func BenchmarkLoad(b *testing.B) {
 	}
 
 	b.ResetTimer()
-	// Status first, on the idle plugin, as the API server polls it: five
-	// separate windows, so one burst of load from elsewhere on a shared
-	// machine moves one window, not the figure.
+	// Status first, on the idle plugin, as the API server polls it, in
+	// five windows so one burst of load from elsewhere on a shared machine
+	// moves one window, not the figure. Each window is paired with one on
+	// the floor: a KMS server that does nothing (k8s.io/kms's wrapper on a
+	// default grpc-go server, one P), same client, same kind of socket.
+	stubClient := startStub(b)
 	var next atomic.Int64
 	var st load
-	var windowP50 []time.Duration
-	for w := 0; w < 5; w++ {
+	var windowP50, stubP50 []time.Duration
+	p50 := func(c kmsservice.Service) (load, time.Duration) {
 		one := run(ctx, 1, phase/2, cts, &next, func(ctx context.Context, _ string) error {
-			_, err := r.client.Status(ctx)
+			_, err := c.Status(ctx)
 			return err
 		})
 		slices.Sort(one.lat)
-		windowP50 = append(windowP50, one.lat[len(one.lat)/2])
+		return one, one.lat[len(one.lat)/2]
+	}
+	for w := 0; w < 5; w++ {
+		one, p := p50(r.client)
 		st.add(one)
+		windowP50 = append(windowP50, p)
+		_, p = p50(stubClient)
+		stubP50 = append(stubP50, p)
 	}
 	slices.Sort(windowP50)
+	slices.Sort(stubP50)
 
 	fmt.Printf("\nDecrypt of %d distinct DEK ciphertexts, Vault %s on this machine (%d cores), %s per phase, 2 phases each, alternating\n",
 		distinct, r.vault.Addr, runtime.NumCPU(), phase)
@@ -121,6 +133,8 @@ func BenchmarkLoad(b *testing.B) {
 
 	fmt.Printf("\nStatus through the KMSv2 client, plugin idle (as the API server polls it): %.0f ops/s, p50 %s (median of 5 windows; %s to %s), p99 %s\n",
 		st.rate(), us(windowP50[2]), us(windowP50[0]), us(windowP50[4]), st.pct(99))
+	fmt.Printf("Floor, a do-nothing KMS server on the same client and socket: Status p50 %s (%s to %s)\n",
+		us(stubP50[2]), us(stubP50[0]), us(stubP50[4]))
 	fmt.Printf("Plugin RSS: peak %.1f MiB during the concurrency-64 phases, %.1f MiB peak over the whole run (VmHWM)\n",
 		float64(rssAt64)/(1<<20), float64(procStatus(r.plugin.cmd.Process.Pid, "VmHWM"))/(1<<20))
 
@@ -342,4 +356,47 @@ func envDuration(name string, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+// stubSocketEnv makes the test binary serve a do-nothing KMS server on the
+// named socket instead of running tests (see TestMain).
+const stubSocketEnv = "VAULT_KMS_BENCH_STUB_SOCKET"
+
+type stubService struct{}
+
+func (stubService) Status(context.Context) (*kmsservice.StatusResponse, error) {
+	return &kmsservice.StatusResponse{Version: "v2", Healthz: "ok", KeyID: "stub"}, nil
+}
+
+func (stubService) Encrypt(context.Context, string, []byte) (*kmsservice.EncryptResponse, error) {
+	return nil, fmt.Errorf("not used")
+}
+
+func (stubService) Decrypt(context.Context, string, *kmsservice.DecryptRequest) ([]byte, error) {
+	return nil, fmt.Errorf("not used")
+}
+
+func serveStub(sock string) {
+	runtime.GOMAXPROCS(1) // as the plugin runs
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	gs := grpc.NewServer()
+	kmsapi.RegisterKeyManagementServiceServer(gs, kmsservice.NewGRPCService(sock, 0, stubService{}))
+	_ = gs.Serve(ln)
+}
+
+// startStub runs this test binary as the stub server in its own process.
+func startStub(b *testing.B) kmsservice.Service {
+	sock := filepath.Join(b.TempDir(), "stub.sock")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), stubSocketEnv+"="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return connect(b, sock)
 }
