@@ -180,15 +180,26 @@ func serveNaive(b *testing.B, r *rig, token string) string {
 	}
 	c.SetToken(token)
 	sock := filepath.Join(b.TempDir(), "naive.sock")
-	ln, err := net.Listen("unix", sock)
+	gs, ln, err := newKMSServer(sock, naivePlugin{c})
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer()
-	kmsapi.RegisterKeyManagementServiceServer(gs, kmsservice.NewGRPCService(sock, 3*time.Second, naivePlugin{c}))
 	go func() { _ = gs.Serve(ln) }()
 	b.Cleanup(gs.Stop)
 	return sock
+}
+
+// newKMSServer listens on sock and registers svc on a default grpc-go
+// server through k8s.io/kms's wrapper: the plain server the bench compares
+// against (a naive plugin, and the do-nothing floor).
+func newKMSServer(sock string, svc kmsservice.Service) (*grpc.Server, net.Listener, error) {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, nil, err
+	}
+	gs := grpc.NewServer()
+	kmsapi.RegisterKeyManagementServiceServer(gs, kmsservice.NewGRPCService(sock, 0, svc))
+	return gs, ln, nil
 }
 
 type naivePlugin struct{ c *api.Client }
@@ -378,13 +389,11 @@ func (stubService) Decrypt(context.Context, string, *kmsservice.DecryptRequest) 
 
 func serveStub(sock string) {
 	runtime.GOMAXPROCS(1) // as the plugin runs
-	ln, err := net.Listen("unix", sock)
+	gs, ln, err := newKMSServer(sock, stubService{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	gs := grpc.NewServer()
-	kmsapi.RegisterKeyManagementServiceServer(gs, kmsservice.NewGRPCService(sock, 0, stubService{}))
 	_ = gs.Serve(ln)
 }
 

@@ -116,13 +116,14 @@ func outcome(err error) string {
 		return "ok"
 	}
 	var ve *vault.Error
-	if errors.As(err, &ve) && ve.Status != 0 {
+	switch {
+	case !errors.As(err, &ve):
+		return "error"
+	case ve.Status == 0:
+		return "no_answer"
+	default:
 		return strconv.Itoa(ve.Status)
 	}
-	if errors.As(err, &ve) {
-		return "no_answer"
-	}
-	return "error"
 }
 
 // Handler serves /metrics, /livez (the process answers), and /readyz and

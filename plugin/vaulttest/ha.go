@@ -116,7 +116,7 @@ func (h *HA) unsealStandby(s *Server) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	for !time.Now().After(deadline) {
-		if code := healthCode(s.Addr); code == http.StatusOK || code == http.StatusTooManyRequests {
+		if code, _ := s.healthGet(""); code == http.StatusOK || code == http.StatusTooManyRequests {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -124,22 +124,13 @@ func (h *HA) unsealStandby(s *Server) {
 	h.t.Fatalf("vault node %s did not come up as active or standby in 60s:\n%s", s.Addr, s.logTail())
 }
 
-// healthCode is Vault's /sys/health status: 200 active, 429 unsealed
-// standby, 503 sealed, 0 no answer.
-func healthCode(addr string) int {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(addr + "/v1/sys/health")
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // Active returns the node that is active now, or nil if none is.
 func (h *HA) Active() *Server {
 	for _, s := range h.Nodes {
-		if s.cmd != nil && healthCode(s.Addr) == http.StatusOK {
+		if s.cmd == nil {
+			continue // stopped
+		}
+		if code, _ := s.healthGet(""); code == http.StatusOK {
 			return s
 		}
 	}

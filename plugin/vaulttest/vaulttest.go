@@ -62,10 +62,15 @@ type Server struct {
 	httpc      *http.Client // for health checks; nil: http.DefaultClient
 }
 
+// plainHealthClient checks health of plain-HTTP servers; the timeout keeps a
+// paused or dying node from stalling the check.
+var plainHealthClient = &http.Client{Timeout: 2 * time.Second}
+
+// healthGet returns the status code of /v1/sys/health with query.
 func (s *Server) healthGet(query string) (int, error) {
 	c := s.httpc
 	if c == nil {
-		c = http.DefaultClient
+		c = plainHealthClient
 	}
 	resp, err := c.Get(s.Addr + "/v1/sys/health" + query)
 	if err != nil {
