@@ -16,6 +16,13 @@ import (
 	"syscall"
 
 	"k8s.io/klog/v2"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/server"
+
+	// The image has no OS trust store (an empty base): without -tls-ca-file
+	// Vault's certificate is verified against Mozilla's roots built into the
+	// binary. Used only where the system has no roots of its own.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 func main() {
@@ -59,9 +66,19 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vault-kms-plugin: %v (see -help)\n", err)
 		return 2
 	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	if err := o.validate(fs.Args()); err != nil {
 		fmt.Fprintf(stderr, "vault-kms-plugin: %v\n", err)
 		return 2
+	}
+	if o.preparing() {
+		if err := server.PrepareSocketDir(o.prepareSocketDir, o.prepareUID, o.prepareGID); err != nil {
+			fmt.Fprintf(stderr, "vault-kms-plugin: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stderr, "vault-kms-plugin: socket directory %s ready for %s\n", o.prepareSocketDir, o.prepareSocketDirOwner)
+		return 0
 	}
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)

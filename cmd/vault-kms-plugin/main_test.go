@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 func TestBadFlagsExit2WithOneLine(t *testing.T) {
@@ -43,7 +47,7 @@ func TestBadFlagsExit2WithOneLine(t *testing.T) {
 		{name: "vault address without scheme => error", args: without("-vault-address", "-vault-address=vault:8200"), want: "not an http(s)://host:port"},
 		{name: "vault address with credentials => error", args: without("-vault-address", "-vault-address=https://u:p@vault:8200"), want: "not an http(s)://host:port"},
 		{name: "duplicate vault address => error", args: without("-vault-address", "-vault-address=http://a:1,http://a:1"), want: "twice"},
-		{name: "no transit key => error", args: without("-transit-key"), want: "-transit-key is required"},
+		{name: "no transit key => error", args: without("-transit-key"), want: "-transit-key (or -vault-key-path=<mount>/keys/<name>) is required"},
 		{name: "empty transit mount => error", args: append(good, "-transit-mount=/"), want: "-transit-mount must not be empty"},
 		{name: "no credentials => error", args: without("-approle"), want: "no Vault credentials"},
 		{name: "approle and token file => error", args: append(good, "-vault-token-path="+secret), want: "not both"},
@@ -64,6 +68,17 @@ func TestBadFlagsExit2WithOneLine(t *testing.T) {
 		{name: "batch in flight zero => error", args: append(good, "-batch-max-in-flight=0"), want: "-batch-max-in-flight must be at least 1"},
 		{name: "negative batch window => error", args: append(good, "-batch-window=-1ms"), want: "-batch-window must be between"},
 		{name: "positional argument => error", args: append(good, "extra"), want: "unexpected argument"},
+		{name: "key path beside transit key => error", args: append(good, "-vault-key-path=transit/keys/k"), want: "drop -transit-mount and -transit-key"},
+		{name: "key path beside an explicit default transit mount => error", args: append(without("-transit-key"), "-transit-mount=transit", "-vault-key-path=transit/keys/k"), want: "drop -transit-mount"},
+		{name: "key path without /keys/ => error", args: append(without("-transit-key"), "-vault-key-path=transit/k"), want: "<mount>/keys/<name>"},
+		{name: "key path without a mount => error", args: append(without("-transit-key"), "-vault-key-path=keys/k"), want: "<mount>/keys/<name>"},
+		{name: "key path without a name => error", args: append(without("-transit-key"), "-vault-key-path=transit/keys/"), want: "<mount>/keys/<name>"},
+		{name: "key path with a nested name => error", args: append(without("-transit-key"), "-vault-key-path=transit/keys/a/b"), want: "<mount>/keys/<name>"},
+		{name: "prepare without owner => error", args: []string{"-prepare-socket-dir=/run/kms"}, want: "must be given together"},
+		{name: "prepare with a relative dir => error", args: []string{"-prepare-socket-dir=run/kms", "-prepare-socket-dir-owner=1:1"}, want: "absolute path"},
+		{name: "prepare for root => error", args: []string{"-prepare-socket-dir=/run/kms", "-prepare-socket-dir-owner=0:0"}, want: "non-root UID"},
+		{name: "prepare with a malformed owner => error", args: []string{"-prepare-socket-dir=/run/kms", "-prepare-socket-dir-owner=nonroot"}, want: "UID:GID"},
+		{name: "prepare beside serving flags => error", args: append(good, "-prepare-socket-dir=/run/kms", "-prepare-socket-dir-owner=1:1"), want: "cannot be combined with -prepare-socket-dir"},
 		{name: "malformed duration => error", args: append(good, "-status-refresh-interval=soon"), want: "invalid value"},
 	}
 	for _, tt := range tests {
@@ -104,5 +119,69 @@ func TestGoodFlagsValidate(t *testing.T) {
 	}
 	if len(o.addresses) != 2 || o.addresses[1] != "https://b:8200" || o.verbosity != 6 || o.gid != 0 {
 		t.Fatalf("derived = %v %d %d", o.addresses, o.verbosity, o.gid)
+	}
+}
+
+// OpenShift's KMS plugin lifecycle passes exactly these arguments
+// (openshift/library-go pkg/operator/encryption/kms/pluginlifecycle/vault.go);
+// the plugin must accept them as they are.
+func TestOpenShiftArgumentListValidates(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret-id")
+	ca := filepath.Join(dir, "ca.pem")
+	for _, f := range []string{secret, ca} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{
+		"-listen-address=unix:///var/run/kmsplugin/kms-1.sock",
+		"-vault-address=https://vault.example.com:8200",
+		"-vault-key-path=team/transit/keys/kube",
+		"-approle-role-id=3f1c0c7e-role",
+		"-approle-secret-id-path=" + secret,
+		"-tls-ca-file=" + ca,
+		"-tls-sni=vault.internal",
+		"-vault-namespace=ns1",
+		"-vault-auth-namespace=ns1/auth",
+		"-metrics-port=0",
+	}
+	var o options
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	if err := o.validate(fs.Args()); err != nil {
+		t.Fatalf("OpenShift's argument list refused: %v", err)
+	}
+	if o.transitMount != "team/transit" || o.transitKey != "kube" {
+		t.Fatalf("-vault-key-path split into mount %q key %q, want team/transit and kube", o.transitMount, o.transitKey)
+	}
+	// Every flag the lifecycle renders must exist in the sidecar.
+	for _, name := range append(append([]string{}, contract.RenderedFlags...), contract.PrepareFlags...) {
+		if fs.Lookup(name) == nil {
+			t.Errorf("contract flag -%s is not defined by the sidecar", name)
+		}
+	}
+}
+
+func TestPrepareModeHandsOverTheSocketDirAndExits(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the prepare mode chowns a directory and must be tested as root (CI is)")
+	}
+	dir := filepath.Join(t.TempDir(), "kmsplugin")
+	var stderr bytes.Buffer
+	if code := run([]string{"-prepare-socket-dir=" + dir, "-prepare-socket-dir-owner=65532:65532"}, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o750 || st.Uid != 65532 || st.Gid != 65532 {
+		t.Fatalf("socket dir mode %v owner %d:%d", fi.Mode(), st.Uid, st.Gid)
 	}
 }

@@ -23,6 +23,7 @@ type options struct {
 	vaultAuthNamespace    string
 	transitMount          string
 	transitKey            string
+	vaultKeyPath          string
 	approleMount          string
 	approleRoleID         string
 	approleRoleIDPath     string
@@ -40,11 +41,21 @@ type options struct {
 	batchMaxInFlight      int
 	batchWindow           time.Duration
 
+	// The one-shot preparation mode (see server.PrepareSocketDir).
+	prepareSocketDir      string
+	prepareSocketDirOwner string
+
+	// set holds the names of the flags given on the command line, so an
+	// explicit flag can be told from its default.
+	set map[string]bool
+
 	// Set by validate.
 	socketPath string
 	addresses  []string
 	verbosity  int
 	gid        int
+	prepareUID int
+	prepareGID int
 }
 
 func (o *options) addFlags(fs *flag.FlagSet) {
@@ -53,7 +64,8 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace of the transit mount")
 	fs.StringVar(&o.vaultAuthNamespace, "vault-auth-namespace", "", "Vault Enterprise namespace of the auth mount (default: -vault-namespace)")
 	fs.StringVar(&o.transitMount, "transit-mount", "transit", "path of the transit secrets engine")
-	fs.StringVar(&o.transitKey, "transit-key", "", "name of the transit key (required)")
+	fs.StringVar(&o.transitKey, "transit-key", "", "name of the transit key (required unless -vault-key-path)")
+	fs.StringVar(&o.vaultKeyPath, "vault-key-path", "", "transit key as <mount>/keys/<name>, as OpenShift passes it; instead of -transit-mount and -transit-key")
 	fs.StringVar(&o.approleMount, "approle-mount", "approle", "path of the AppRole auth method")
 	fs.StringVar(&o.approleRoleID, "approle-role-id", "", "AppRole role ID (not a secret)")
 	fs.StringVar(&o.approleRoleIDPath, "approle-role-id-path", "", "file holding the AppRole role ID, instead of -approle-role-id")
@@ -69,6 +81,8 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.batchMaxSize, "batch-max-size", 128, "most Encrypts or Decrypts coalesced into one transit batch call (1: no batching)")
 	fs.IntVar(&o.batchMaxInFlight, "batch-max-in-flight", 8, "most transit encrypt or decrypt calls to Vault at once; more requests queue and leave as one batch")
 	fs.DurationVar(&o.batchWindow, "batch-window", 0, "how long a batch formed under load waits for more calls (0: send what has queued; a call alone never waits)")
+	fs.StringVar(&o.prepareSocketDir, "prepare-socket-dir", "", "prepare mode: create this socket directory 0750 for -prepare-socket-dir-owner, then exit (run as root with CAP_CHOWN in an init container)")
+	fs.StringVar(&o.prepareSocketDirOwner, "prepare-socket-dir-owner", "", "prepare mode: UID:GID that will own -prepare-socket-dir (the plugin's user)")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or GID) allowed to use the socket; makes it 0660 instead of 0600")
 }
 
@@ -78,6 +92,9 @@ func (o *options) validate(args []string) error {
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q: all settings are flags", args[0])
 	}
+	if o.preparing() {
+		return o.validatePrepare()
+	}
 	var err error
 	if o.socketPath, err = socketPath(o.listenAddress); err != nil {
 		return err
@@ -85,8 +102,11 @@ func (o *options) validate(args []string) error {
 	if o.addresses, err = vaultAddresses(o.vaultAddress); err != nil {
 		return err
 	}
+	if err := o.resolveKeyPath(); err != nil {
+		return err
+	}
 	if o.transitKey == "" {
-		return errors.New("-transit-key is required")
+		return errors.New("-transit-key (or -vault-key-path=<mount>/keys/<name>) is required")
 	}
 	if strings.Trim(o.transitMount, "/") == "" {
 		return errors.New("-transit-mount must not be empty")
@@ -127,6 +147,55 @@ func (o *options) validate(args []string) error {
 	}
 	if o.gid, err = groupID(o.socketGroup); err != nil {
 		return err
+	}
+	return nil
+}
+
+// resolveKeyPath splits -vault-key-path into the transit mount and key.
+// The mount may be nested (team/transit/keys/k), so the split is at the last
+// "/keys/". Giving it beside -transit-mount or -transit-key is refused even
+// when they agree: two sources for one setting drift apart.
+func (o *options) resolveKeyPath() error {
+	if o.vaultKeyPath == "" {
+		return nil
+	}
+	if o.set["transit-mount"] || o.set["transit-key"] {
+		return errors.New("-vault-key-path names both the mount and the key: drop -transit-mount and -transit-key")
+	}
+	p := strings.Trim(o.vaultKeyPath, "/")
+	i := strings.LastIndex(p, "/keys/")
+	if i <= 0 || i+len("/keys/") == len(p) || strings.Contains(p[i+len("/keys/"):], "/") {
+		return fmt.Errorf("-vault-key-path must be <mount>/keys/<name>, for example transit/keys/kubernetes, not %q", o.vaultKeyPath)
+	}
+	o.transitMount, o.transitKey = p[:i], p[i+len("/keys/"):]
+	return nil
+}
+
+func (o *options) preparing() bool {
+	return o.prepareSocketDir != "" || o.prepareSocketDirOwner != ""
+}
+
+// validatePrepare checks the preparation mode's flags. Nothing else may be
+// given: a serving flag in an init container's arguments is a mistake in
+// the manifest that should be seen, not ignored.
+func (o *options) validatePrepare() error {
+	for name := range o.set {
+		if name != "prepare-socket-dir" && name != "prepare-socket-dir-owner" {
+			return fmt.Errorf("-%s cannot be combined with -prepare-socket-dir, which prepares the socket directory and exits", name)
+		}
+	}
+	if o.prepareSocketDir == "" || o.prepareSocketDirOwner == "" {
+		return errors.New("-prepare-socket-dir and -prepare-socket-dir-owner must be given together")
+	}
+	if !filepath.IsAbs(o.prepareSocketDir) {
+		return fmt.Errorf("-prepare-socket-dir must be an absolute path, not %q", o.prepareSocketDir)
+	}
+	uid, gid, ok := strings.Cut(o.prepareSocketDirOwner, ":")
+	var err1, err2 error
+	o.prepareUID, err1 = strconv.Atoi(uid)
+	o.prepareGID, err2 = strconv.Atoi(gid)
+	if !ok || err1 != nil || err2 != nil || o.prepareUID <= 0 || o.prepareGID < 0 {
+		return fmt.Errorf("-prepare-socket-dir-owner must be UID:GID with a non-root UID, for example 65532:65532, not %q", o.prepareSocketDirOwner)
 	}
 	return nil
 }
