@@ -1,0 +1,30 @@
+// Command kmsctl is the operator side of vault-kms-plugin: it builds and
+// verifies the plugin image, renders what a control-plane node runs, and
+// (to come) rolls revisions and rotates keys. Commands only parse flags and
+// call into lifecycle/.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "kmsctl: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kmsctl",
+		Short:         "Operate the Vault KMSv2 plugin on control-plane nodes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newImageCmd(), newVerifyImageCmd(), newRenderCmd())
+	return root
+}
