@@ -15,4 +15,14 @@
 //  9. TestThreeAPIServers: Secrets written through one read through the others.
 //  10. TestBadConfiguration: each mistake is named in one log line and shows in
 //     /readyz, and nothing stored becomes unreadable once it is fixed.
+//
+// And the deployment as users run it (kmsctl, part 1):
+//
+//   - TestRenderedStaticPodOnARealKubelet: the image `make image` built, signed
+//     with the real cosign CLI, verified and pinned by `kmsctl verify-image`,
+//     rendered by `kmsctl render`, set up in Vault by the rendered script and
+//     run unchanged as a static pod by a real kubelet with containerd; the API
+//     server stores Secrets through it, the mirror pod shows Ready, Vault
+//     paused makes it not Ready, and a killed plugin is restarted by the
+//     kubelet.
 package e2e

@@ -67,10 +67,36 @@ type APIServer struct {
 // waits until /livez answers. Call WaitReady to wait for /readyz.
 func StartAPIServer(t testing.TB, name string, etcd *Etcd, pki *PKI, plugin *Plugin) *APIServer {
 	t.Helper()
+	return StartAPIServerWith(t, name, etcd, pki, APIServerOptions{Plugin: plugin})
+}
+
+// APIServerOptions say how StartAPIServerWith runs an API server.
+type APIServerOptions struct {
+	// Plugin is the KMS plugin process the API server uses, if the harness
+	// runs it (nil when a kubelet runs the plugin as a static pod).
+	Plugin *Plugin
+	// EncryptionConfig is the EncryptionConfiguration file's content, for
+	// example one kmsctl rendered; EncryptionConfig(Plugin.Endpoint()) if nil.
+	EncryptionConfig []byte
+	// Port is the secure port, chosen beforehand when a kubelet's kubeconfig
+	// must name the API server before it starts; a free port if zero.
+	Port int
+}
+
+// StartAPIServerWith starts kube-apiserver on etcd as opts say, and waits
+// until /livez answers. Call WaitReady to wait for /readyz.
+func StartAPIServerWith(t testing.TB, name string, etcd *Etcd, pki *PKI, opts APIServerOptions) *APIServer {
+	t.Helper()
 	bin := kubeAPIServerBinary.find(t)
-	a := &APIServer{Name: name, Port: vaulttest.FreePort(t), Dir: t.TempDir(), Plugin: plugin, t: t}
+	if opts.Port == 0 {
+		opts.Port = vaulttest.FreePort(t)
+	}
+	if opts.EncryptionConfig == nil {
+		opts.EncryptionConfig = []byte(EncryptionConfig(opts.Plugin.Endpoint()))
+	}
+	a := &APIServer{Name: name, Port: opts.Port, Dir: t.TempDir(), Plugin: opts.Plugin, t: t}
 	a.URL = fmt.Sprintf("https://127.0.0.1:%d", a.Port)
-	a.EncryptionConfigPath = writeFile(t, a.Dir, "encryption-config.yaml", []byte(EncryptionConfig(plugin.Endpoint())))
+	a.EncryptionConfigPath = writeFile(t, a.Dir, "encryption-config.yaml", opts.EncryptionConfig)
 	args := []string{
 		"--etcd-servers=" + etcd.Endpoint,
 		"--bind-address=127.0.0.1",
@@ -80,7 +106,9 @@ func StartAPIServer(t testing.TB, name string, etcd *Etcd, pki *PKI, plugin *Plu
 		"--tls-cert-file=" + pki.Serving.CertPath,
 		"--tls-private-key-file=" + pki.Serving.KeyPath,
 		"--client-ca-file=" + pki.CA.CertPath,
-		"--authorization-mode=RBAC",
+		// Node lets a kubelet registered with its system:node credentials
+		// publish its node and the mirror pods of its static pods.
+		"--authorization-mode=Node,RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + pki.SAPubPath,
 		"--service-account-signing-key-file=" + pki.SAKeyPath,

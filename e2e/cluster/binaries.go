@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -16,7 +18,7 @@ type binary struct {
 
 var (
 	kubeAPIServerBinary = binary{env: "KUBE_APISERVER_BIN", fallback: ".build/bin/kube-apiserver", target: "run `make kube-apiserver`"}
-	etcdBinary          = binary{env: "ETCD_BIN", fallback: "/usr/bin/etcd", target: "run `make etcd` (installs the Debian package etcd-server)"}
+	etcdBinary          = binary{env: "ETCD_BIN", fallback: ".build/bin/etcd", target: "run `make etcd` (etcd v3.7.0 from the Go module proxy)"}
 	pluginBinary        = binary{env: "PLUGIN_BIN", fallback: ".build/bin/vault-kms-plugin", target: "run `make build`"}
 	// vaultBinary is found by plugin/vaulttest the same way; it is checked
 	// here too so that a missing Vault is reported before anything starts.
@@ -59,4 +61,43 @@ func CheckBinaries(t testing.TB) {
 	for _, b := range []binary{vaultBinary, etcdBinary, kubeAPIServerBinary, pluginBinary} {
 		b.find(t)
 	}
+}
+
+var (
+	kmsctlBinary = binary{env: "KMSCTL_BIN", fallback: ".build/bin/kmsctl", target: "run `make kmsctl`"}
+	cosignBinary = binary{env: "COSIGN_BIN", fallback: ".build/bin/cosign", target: "run `make cosign`"}
+)
+
+// CheckNodeBinaries fails the test unless what a kubelet node and the
+// operator's tools need is present: kubelet, containerd, runc, kmsctl, cosign
+// and the plugin image's OCI layout.
+func CheckNodeBinaries(t testing.TB) {
+	t.Helper()
+	for _, b := range []binary{kubeletBinary, containerdBinary, runcBinary, kmsctlBinary, cosignBinary} {
+		b.find(t)
+	}
+	if _, err := os.Stat(filepath.Join(pluginImageLayout.path(), "index.json")); err != nil {
+		t.Fatalf("plugin image layout not found at %s ($%s overrides the path): %s", pluginImageLayout.path(), pluginImageLayout.env, pluginImageLayout.target)
+	}
+}
+
+// Kmsctl runs the real kmsctl binary and returns its stdout and stderr.
+func Kmsctl(t testing.TB, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	return run(kmsctlBinary.find(t), nil, args...)
+}
+
+// Cosign runs the real cosign CLI with extra environment variables.
+func Cosign(t testing.TB, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	return run(cosignBinary.find(t), env, args...)
+}
+
+func run(bin string, env []string, args ...string) (string, string, error) {
+	var stdout, stderr strings.Builder
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
 }

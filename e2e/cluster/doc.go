@@ -9,7 +9,7 @@
 // a log file; when a test fails, the tail of each log is printed with it.
 //
 // The binaries are found through environment variables, else under
-// .build/bin in the repository (etcd: /usr/bin/etcd). A test that cannot
+// .build/bin in the repository. A test that cannot
 // find one fails and names the make target that provides it: a skipped
 // end-to-end test would pass without testing anything.
 package cluster

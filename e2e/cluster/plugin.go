@@ -216,9 +216,44 @@ func (p *Plugin) get(path string) (string, error) {
 // gRPC client (k8s.io/apiserver), with the API server's default 3s timeout.
 func (p *Plugin) KMS(ctx context.Context) kmsservice.Service {
 	p.t.Helper()
-	svc, err := kmsv2.NewGRPCService(ctx, p.Endpoint(), p.Name, 3*time.Second)
+	return KMSAt(ctx, p.t, p.Endpoint())
+}
+
+// KMSAt returns the API server's own KMSv2 gRPC client on endpoint
+// (unix:///path), with the API server's default 3s timeout.
+func KMSAt(ctx context.Context, t testing.TB, endpoint string) kmsservice.Service {
+	t.Helper()
+	svc, err := kmsv2.NewGRPCService(ctx, endpoint, endpoint, 3*time.Second)
 	if err != nil {
-		p.t.Fatalf("KMSv2 client for %s: %v", p.Name, err)
+		t.Fatalf("KMSv2 client for %s: %v", endpoint, err)
 	}
 	return svc
+}
+
+// WaitKMSStatusOK waits until a KMSv2 plugin on endpoint answers Status
+// with healthz "ok" through the API server's client, for a plugin the
+// harness does not run itself (a kubelet's static pod). It fails the test
+// with the tail of the log of whatever runs it.
+func WaitKMSStatusOK(t testing.TB, endpoint string, timeout time.Duration, runner *Process) {
+	t.Helper()
+	ctx := context.Background()
+	// One client: gRPC dials lazily and reconnects once the socket appears.
+	kms := KMSAt(ctx, t, endpoint)
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(strings.TrimPrefix(endpoint, "unix://")); err == nil {
+			callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			st, err := kms.Status(callCtx)
+			cancel()
+			if err == nil && st.Healthz == "ok" {
+				return
+			}
+			last = fmt.Sprintf("status %+v, error %v", st, err)
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("no KMSv2 Status ok on %s within %s (last: %s)\n%s", endpoint, timeout, last, runner.LogTail(40))
 }

@@ -28,16 +28,17 @@ func PrepareSocketDir(dir string, uid, gid int) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("socket directory %s is not a directory (%s); refusing to change it", dir, fi.Mode().Type())
 	}
-	// Chown before chmod: until both are done the directory stays at least
-	// as closed as kubelet left it.
+	// Chmod while root still owns it (without CAP_FOWNER, which the prepare
+	// step does not get, root may chmod only its own files), then chown.
+	// Either way round the directory only ever becomes more closed.
+	if err := os.Chmod(dir, 0o750); err != nil {
+		return fmt.Errorf("chmod socket directory %s: %w", dir, err)
+	}
 	if err := os.Lchown(dir, uid, gid); err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("hand socket directory %s to %d:%d: %w (the prepare step needs root with CAP_CHOWN)", dir, uid, gid, err)
 		}
 		return fmt.Errorf("hand socket directory %s to %d:%d: %w", dir, uid, gid, err)
-	}
-	if err := os.Chmod(dir, 0o750); err != nil {
-		return fmt.Errorf("chmod socket directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
-// Command demo brings up the whole local stack for `make demo`: Vault (dev
-// server), etcd, the vault-kms-plugin and a kube-apiserver that encrypts
-// Secrets through it. It creates a Secret, shows the ciphertext etcd holds,
+// Command demo brings up the whole product for `make demo`, the way a user
+// runs it (cluster.Deploy): Vault (dev server), a registry, the plugin image
+// signed with cosign and verified by kmsctl, the files kmsctl renders, a real
+// kubelet with containerd running the plugin's static pod, etcd, and a
+// kube-apiserver that encrypts Secrets through it. It creates a Secret, shows the ciphertext etcd holds,
 // writes a kubeconfig, prints what to try next, and runs until SIGINT or
 // SIGTERM. `demo -down` (make demo-down) stops a running demo; `demo -dump
 // namespace/name` prints a Secret's raw etcd value.
@@ -40,6 +42,7 @@ type state struct {
 	APIServerURL  string            `json:"apiserver_url"`
 	PluginSocket  string            `json:"plugin_socket"`
 	PluginMetrics string            `json:"plugin_metrics"`
+	Rendered      string            `json:"rendered"`
 	Kubeconfig    string            `json:"kubeconfig"`
 	PIDs          map[string]int    `json:"pids"`
 	Logs          map[string]string `json:"logs"`
@@ -90,9 +93,11 @@ func run(dir string) error {
 	r.Cleanup(func() { os.Remove(pidFile) })
 	defer r.Close()
 
-	c := cluster.Start(r, cluster.Options{Progress: say})
-	a := c.APIServers[0]
-	say("kube-apiserver is ready with KMSv2 provider %q", cluster.ProviderName)
+	d := cluster.Deploy(r, cluster.DeployOptions{Progress: say})
+	a := d.APIServer
+	say("kube-apiserver is ready with KMSv2 provider %q, served by the static pod %s on node %s", d.Provider, d.PodName, d.Node.Name)
+	d.WaitPluginPod(2*time.Minute, "Ready", cluster.PodReady)
+	say("kubectl get pods -n kube-system shows the plugin's mirror pod %s-%s Ready", d.PodName, d.Node.Name)
 
 	const name, value = "db-password", "correct-horse-battery-staple"
 	say("creating Secret default/%s with password=%q", name, value)
@@ -103,7 +108,7 @@ func run(dir string) error {
 	if _, err := a.Client.CoreV1().Secrets("default").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 		r.Fatalf("create Secret: %v", err)
 	}
-	raw, err := c.Etcd.Get(ctx, cluster.SecretKey("default", name))
+	raw, err := d.Etcd.Get(ctx, cluster.SecretKey("default", name))
 	if err != nil || raw == nil {
 		r.Fatalf("read %s from etcd: %v", cluster.SecretKey("default", name), err)
 	}
@@ -115,21 +120,26 @@ func run(dir string) error {
 		r.Fatalf("write kubeconfig: %v", err)
 	}
 	tokenFile := filepath.Join(dir, "vault-token")
-	if err := os.WriteFile(tokenFile, []byte(c.Vault.RootToken), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(d.Vault.RootToken), 0o600); err != nil {
 		r.Fatalf("write Vault token file: %v", err)
 	}
 	st := state{
 		PID:           os.Getpid(),
-		VaultAddr:     c.Vault.Addr,
-		EtcdEndpoint:  c.Etcd.Endpoint,
+		VaultAddr:     d.Vault.Addr,
+		EtcdEndpoint:  d.Etcd.Endpoint,
 		APIServerURL:  a.URL,
-		PluginSocket:  a.Plugin.Socket,
-		PluginMetrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", a.Plugin.MetricsPort),
+		PluginSocket:  d.Endpoint,
+		PluginMetrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", d.MetricsPort),
 		Kubeconfig:    kubeconfig,
-		PIDs:          map[string]int{"etcd": c.Etcd.Proc.PID(), a.Name: a.Proc.PID(), a.Plugin.Name: a.Plugin.Proc.PID()},
+		Rendered:      d.RenderedDir,
+		PIDs: map[string]int{
+			"etcd": d.Etcd.Proc.PID(), a.Name: a.Proc.PID(),
+			d.Node.Kubelet.Name: d.Node.Kubelet.PID(), d.Node.Containerd.Name: d.Node.Containerd.PID(),
+		},
 		Logs: map[string]string{
-			"vault": c.Vault.LogPath, "etcd": c.Etcd.Proc.LogPath,
-			a.Name: a.Proc.LogPath, a.Plugin.Name: a.Plugin.Proc.LogPath,
+			"vault": d.Vault.LogPath, "etcd": d.Etcd.Proc.LogPath, a.Name: a.Proc.LogPath,
+			d.Node.Kubelet.Name: d.Node.Kubelet.LogPath, d.Node.Containerd.Name: d.Node.Containerd.LogPath,
+			"vault-kms-plugin (pod)": filepath.Join(d.Node.PodLogsDir, "kube-system_"+d.PodName+"-"+d.Node.Name+"_*", "vault-kms-plugin", "*.log"),
 		},
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
@@ -147,10 +157,10 @@ func run(dir string) error {
 		say("stopping the demo")
 	case <-a.Proc.Exited():
 		r.Fatalf("kube-apiserver exited; its log: %s", a.Proc.LogPath)
-	case <-a.Plugin.Proc.Exited():
-		r.Fatalf("vault-kms-plugin exited; its log: %s", a.Plugin.Proc.LogPath)
-	case <-c.Etcd.Proc.Exited():
-		r.Fatalf("etcd exited; its log: %s", c.Etcd.Proc.LogPath)
+	case <-d.Node.Kubelet.Exited():
+		r.Fatalf("kubelet exited; its log: %s", d.Node.Kubelet.LogPath)
+	case <-d.Etcd.Proc.Exited():
+		r.Fatalf("etcd exited; its log: %s", d.Etcd.Proc.LogPath)
 	}
 	r.Close()
 	say("stopped; logs are under %s", rel(dir))
@@ -160,11 +170,12 @@ func run(dir string) error {
 // printStored shows what etcd holds: the prefix, the key_id, a hex dump,
 // and whether the plaintext is anywhere in it.
 func printStored(raw []byte, plaintext string) {
-	stored, err := cluster.ParseStored(raw)
+	provider, _ := cluster.ProviderOf(raw)
+	stored, err := cluster.ParseStoredBy(raw, provider)
 	if err != nil {
 		fmt.Printf("    %v\n", err)
 	} else {
-		fmt.Printf("    prefix:  %q\n", raw[:len(cluster.StoragePrefix)])
+		fmt.Printf("    prefix:  %q\n", "k8s:enc:kms:v2:"+provider+":")
 		fmt.Printf("    key_id:  %s\n", stored.Object.KeyID)
 		fmt.Printf("    wrapped DEK source (Vault transit ciphertext): %.60s…\n", stored.Object.EncryptedDEKSource)
 		fmt.Printf("    encrypted data: %d bytes\n", len(stored.Object.EncryptedData))
@@ -191,24 +202,27 @@ func printStored(raw []byte, plaintext string) {
 func printNext(dir string, st state, tokenFile string) {
 	vault := rel(filepath.Join(cluster.RepoRoot(), ".build", "bin", "vault"))
 	demo := rel(filepath.Join(cluster.RepoRoot(), ".build", "bin", "e2e-demo"))
-	kubectl := rel(filepath.Join(cluster.RepoRoot(), ".build", "bin", "kubectl")) // v1.36.3, built by make demo
+	kubectl := rel(filepath.Join(cluster.RepoRoot(), ".build", "bin", "kubectl")) // v1.37.2, built by make demo
 	fmt.Printf(`
-The stack is running. In another terminal, try:
+The stack is running: the plugin is a static pod under a real kubelet, from the
+image make image built, signed with cosign and verified by kmsctl. What kmsctl
+rendered is in %[9]s. In another terminal, try:
 
   export KUBECONFIG=%[1]s
+  %[8]s get pods -n kube-system -o wide       # the plugin's mirror pod
   %[8]s get secret db-password -o jsonpath='{.data.password}' | base64 -d; echo
   %[8]s create secret generic mine --from-literal=token=hello
-  %[2]s -dump default/mine                  # raw etcd bytes: k8s:enc:kms:v2:vault:…
+  %[2]s -dump default/mine                  # raw etcd bytes: k8s:enc:kms:v2:<provider>:…
   %[8]s get --raw '/readyz?verbose' | grep kms
-  %[8]s get --raw /metrics | grep apiserver_envelope_encryption_key_id_hash_status
+  curl -s %[6]s | grep ^vault_kms_plugin_
 
   # rotate the transit key; within a minute new writes carry key_id …:v2:…
   VAULT_ADDR=%[3]s VAULT_TOKEN=$(cat %[4]s) %[5]s write -f transit/keys/kubernetes/rotate
-  curl -s %[6]s | grep ^vault_kms_plugin_
 
-Logs: %[7]s/*/*.log   State: %[7]s/state.json
+Logs: %[7]s (Vault, etcd, kube-apiserver), state.json lists every log
+State: %[7]s/state.json
 Stop with Ctrl-C, or from another terminal: make demo-down
-`, rel(st.Kubeconfig), demo, st.VaultAddr, rel(tokenFile), vault, st.PluginMetrics, rel(dir), kubectl)
+`, rel(st.Kubeconfig), demo, st.VaultAddr, rel(tokenFile), vault, st.PluginMetrics, rel(dir), kubectl, rel(st.Rendered))
 }
 
 // rel shortens path relative to the working directory when it is inside it.

@@ -1,5 +1,5 @@
 // Command kube-apiserver builds the real Kubernetes API server from the Go
-// module proxy (k8s.io/kubernetes v1.36.3), so the e2e tests run against it
+// module proxy (k8s.io/kubernetes v1.37.2), so the e2e tests run against it
 // without downloading a prebuilt release binary. It mirrors
 // k8s.io/kubernetes/cmd/kube-apiserver/apiserver.go.
 package main

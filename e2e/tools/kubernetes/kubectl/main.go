@@ -1,4 +1,4 @@
-// Command kubectl is kubectl v1.36.3 from the Go module proxy, built beside
+// Command kubectl is kubectl v1.37.2 from the Go module proxy, built beside
 // kube-apiserver so `make demo` works on a machine without a matching
 // kubectl (Debian's is 1.20, outside the supported version skew).
 package main
