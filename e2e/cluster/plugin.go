@@ -237,12 +237,16 @@ func KMSAt(ctx context.Context, t testing.TB, endpoint string) kmsservice.Servic
 func WaitKMSStatusOK(t testing.TB, endpoint string, timeout time.Duration, runner *Process) {
 	t.Helper()
 	ctx := context.Background()
-	// One client: gRPC dials lazily and reconnects once the socket appears.
-	kms := KMSAt(ctx, t, endpoint)
+	// One client, made once the socket exists: the API server's client logs
+	// an error for every dial of a missing socket.
+	var kms kmsservice.Service
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
 		if _, err := os.Stat(strings.TrimPrefix(endpoint, "unix://")); err == nil {
+			if kms == nil {
+				kms = KMSAt(ctx, t, endpoint)
+			}
 			callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			st, err := kms.Status(callCtx)
 			cancel()

@@ -7,6 +7,7 @@ import (
 	"text/template"
 
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // policyMount is the transit mount as the policies name it. Policies live
@@ -22,28 +23,10 @@ func policyMount(cfg *config.Config) string {
 }
 
 // PluginPolicy is the least privilege the plugin needs on its key:
-// encrypt, decrypt, read the key's metadata (never key material) and HMAC
-// a fixed label for the key_id fingerprint. It is byte for byte the policy
-// the integration tests run the plugin with (plugin/vaulttest.Policy).
+// contract.VaultPolicy, byte for byte the policy the integration tests run
+// the plugin with.
 func PluginPolicy(cfg *config.Config) string {
-	r := strings.NewReplacer("{mount}", policyMount(cfg), "{key}", cfg.Vault.KeyName())
-	return r.Replace(`# Least privilege for vault-kms-plugin on transit key "{key}" at "{mount}/".
-# Encrypt and decrypt DEK seeds.
-path "{mount}/encrypt/{key}" {
-  capabilities = ["update"]
-}
-path "{mount}/decrypt/{key}" {
-  capabilities = ["update"]
-}
-# Read the key's metadata for Status (latest version; never key material).
-path "{mount}/keys/{key}" {
-  capabilities = ["read"]
-}
-# HMAC a fixed label to fingerprint each key version in the key_id.
-path "{mount}/hmac/{key}" {
-  capabilities = ["update"]
-}
-`)
+	return contract.VaultPolicy(policyMount(cfg), cfg.Vault.KeyName())
 }
 
 // OperatorPolicy is what an operator needs to rotate the key and retire

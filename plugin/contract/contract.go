@@ -1,8 +1,11 @@
 // Package contract holds what the sidecar and kmsctl must agree on without
 // sharing code: the flag interface the image declares and the lifecycle
-// renders, and the label that carries its version. It imports nothing, so
-// both binaries can link it without pulling each other's dependencies.
+// renders, the label that carries its version, and the Vault policy the
+// sidecar needs. It imports only the standard library, so both binaries can
+// link it without pulling each other's dependencies.
 package contract
+
+import "strings"
 
 // FlagInterfaceLabel is the OCI image label (config Labels) that declares
 // which argument list the image's entrypoint accepts. kmsctl verify-image
@@ -40,4 +43,31 @@ var RenderedFlags = []string{
 var PrepareFlags = []string{
 	"prepare-socket-dir",       // absolute directory to create (mode 0750)
 	"prepare-socket-dir-owner", // UID:GID to own it
+}
+
+// VaultPolicy is the least privilege the sidecar needs on transit key key
+// at mount: encrypt, decrypt, read the key's metadata (never key material)
+// and HMAC a fixed label for the key_id fingerprint. Token renewal and
+// lookup are in Vault's default policy. kmsctl renders exactly this, and the
+// integration tests run the plugin with exactly this, so what users deploy
+// is what was proven sufficient.
+func VaultPolicy(mount, key string) string {
+	r := strings.NewReplacer("{mount}", strings.Trim(mount, "/"), "{key}", key)
+	return r.Replace(`# Least privilege for vault-kms-plugin on transit key "{key}" at "{mount}/".
+# Encrypt and decrypt DEK seeds.
+path "{mount}/encrypt/{key}" {
+  capabilities = ["update"]
+}
+path "{mount}/decrypt/{key}" {
+  capabilities = ["update"]
+}
+# Read the key's metadata for Status (latest version; never key material).
+path "{mount}/keys/{key}" {
+  capabilities = ["read"]
+}
+# HMAC a fixed label to fingerprint each key version in the key_id.
+path "{mount}/hmac/{key}" {
+  capabilities = ["update"]
+}
+`)
 }

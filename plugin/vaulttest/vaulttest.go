@@ -21,12 +21,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // Binary returns the path of the Vault binary or fails the test.
@@ -363,29 +364,10 @@ func (s *Server) DestroySecretID(role AppRole, secretID string) {
 	s.Must(err, "destroy secret id")
 }
 
-// Policy is the least-privilege policy the plugin needs for key on mount;
-// manifests/vault-policy.hcl is this with mount "transit" and key
-// "kubernetes". Token renewal and lookup are in Vault's default policy.
-func Policy(mount, key string) string {
-	r := strings.NewReplacer("{mount}", strings.Trim(mount, "/"), "{key}", key)
-	return r.Replace(`# Least privilege for vault-kms-plugin on transit key "{key}" at "{mount}/".
-# Encrypt and decrypt DEK seeds.
-path "{mount}/encrypt/{key}" {
-  capabilities = ["update"]
-}
-path "{mount}/decrypt/{key}" {
-  capabilities = ["update"]
-}
-# Read the key's metadata for Status (latest version; never key material).
-path "{mount}/keys/{key}" {
-  capabilities = ["read"]
-}
-# HMAC a fixed label to fingerprint each key version in the key_id.
-path "{mount}/hmac/{key}" {
-  capabilities = ["update"]
-}
-`)
-}
+// Policy is the least-privilege policy the plugin needs for key on mount
+// (contract.VaultPolicy, what kmsctl renders); manifests/vault-policy.hcl is
+// this with mount "transit" and key "kubernetes".
+func Policy(mount, key string) string { return contract.VaultPolicy(mount, key) }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
