@@ -162,7 +162,8 @@ demo-down:
 
 ## bench: plugin vs direct Vault decrypts at concurrency 1/8/64/256, Status
 ## latency, RSS, idle Vault requests (BenchmarkLoad), in-process paths, and
-## listing 10,000 Secrets after an API server restart (KMS vs identity)
+## listing 10,000 Secrets after an API server restart (KMS vs identity), and
+## the etcd scan of kmsctl status (values/s)
 bench: vault kube-apiserver etcd plugin
 	@echo ">> in-process benchmarks"
 	go test ./plugin -run '^$$' -bench '^Benchmark(StatusInMemory|StatusOverSocket|ParseCiphertext)$$' -benchmem -count=1
@@ -170,12 +171,15 @@ bench: vault kube-apiserver etcd plugin
 	set -o pipefail; go test ./plugin -run '^$$' -bench '^BenchmarkLoad$$' -benchtime 1x -count=1 -timeout 20m | grep -v '^[IE][0-9]'
 	@echo ">> kube-apiserver: restart to first complete LIST of 10,000 Secrets, KMS vs identity (about 3 min)"
 	cd e2e && go test -run '^$$' -bench '^BenchmarkListSecretsAfterRestart$$' -benchtime 1x -count=1 -timeout 30m .
+	@echo ">> kmsctl status: etcd scan of 20,000 stored values (values/s; goal 50,000/s)"
+	go test ./lifecycle/scan -run '^$$' -bench '^BenchmarkScan$$' -benchtime 5x -count=1
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s
 fuzz:
 	go test ./plugin -run '^$$' -fuzz '^FuzzParseCiphertext$$' -fuzztime $(FUZZTIME)
 	go test ./plugin -run '^$$' -fuzz '^FuzzParseKeyID$$' -fuzztime $(FUZZTIME)
+	go test ./lifecycle/scan -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN)/vault-kms-plugin
