@@ -19,15 +19,10 @@ import (
 
 // statusOptions are the flags of `kmsctl status`.
 type statusOptions struct {
-	etcd       scan.EtcdConfig
-	etcdPrefix string
-	resources  []string
+	scanOptions
 	configPath string
 	output     string
 	timeout    time.Duration
-	// resourcesSet is whether --resources was given, so it can be refused
-	// beside --config instead of silently losing to it.
-	resourcesSet bool
 }
 
 // StatusReport is `kmsctl status -o json`. Fields are only ever added: the
@@ -79,12 +74,7 @@ version. -o json keeps its shape when they are added.`,
 
 // AddFlags registers the options' flags.
 func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&o.etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, as kube-apiserver's --etcd-servers (required)")
-	fs.StringVar(&o.etcd.CACert, "etcd-cacert", "", "CA bundle that verifies etcd's serving certificate (kube-apiserver's --etcd-cafile)")
-	fs.StringVar(&o.etcd.Cert, "etcd-cert", "", "client certificate for etcd (kube-apiserver's --etcd-certfile)")
-	fs.StringVar(&o.etcd.Key, "etcd-key", "", "client key for etcd (kube-apiserver's --etcd-keyfile)")
-	fs.StringVar(&o.etcdPrefix, "etcd-prefix", scan.DefaultEtcdPrefix, "kube-apiserver's --etcd-prefix")
-	fs.StringSliceVar(&o.resources, "resources", []string{"secrets"}, "encrypted resources to scan, as EncryptionConfiguration names them (secrets, configmaps, deployments.apps)")
+	o.scanOptions.AddFlags(fs, []string{"secrets"})
 	fs.StringVar(&o.configPath, "config", "", "take the resources from encryption.resources of this kms.yaml instead of --resources")
 	fs.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on etcd after this long")
@@ -92,53 +82,35 @@ func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate checks the flags.
 func (o *statusOptions) Validate() error {
+	if err := o.scanOptions.Validate(o.configPath != ""); err != nil {
+		return err
+	}
 	switch {
-	case len(o.etcd.Endpoints) == 0:
-		return errors.New("--etcd-endpoints is required")
 	case o.output != "table" && o.output != "json":
 		return fmt.Errorf("-o must be table or json, not %q", o.output)
 	case o.timeout <= 0:
 		return errors.New("--timeout must be positive")
-	case o.configPath != "" && o.resourcesSet:
-		return errors.New("--resources and --config are exclusive: --config takes encryption.resources from kms.yaml")
-	case o.configPath == "" && len(o.resources) == 0:
-		return errors.New("--resources must name at least one resource")
-	case (o.etcd.Cert == "") != (o.etcd.Key == ""):
-		return errors.New("--etcd-cert and --etcd-key go together")
-	}
-	if o.configPath == "" {
-		for _, r := range o.resources {
-			if _, err := scan.KeyPrefix(o.etcdPrefix, r); err != nil {
-				return fmt.Errorf("--resources: %w", err)
-			}
-		}
 	}
 	return nil
 }
 
 // Run scans etcd and prints the report.
 func (o *statusOptions) Run(ctx context.Context, stdout io.Writer) error {
-	resources := o.resources
+	var cfg *config.Config
 	if o.configPath != "" {
-		cfg, err := config.Load(o.configPath)
+		c, err := config.Load(o.configPath)
 		if err != nil {
 			return err
 		}
-		resources = cfg.Encryption.Resources
-		for i, r := range resources {
-			if _, err := scan.KeyPrefix(o.etcdPrefix, r); err != nil {
-				return fmt.Errorf("%s: encryption.resources[%d]: %w", o.configPath, i, err)
-			}
-		}
+		cfg = c
 	}
-	client, err := scan.Dial(o.etcd)
+	resources, err := o.Resources(cfg, o.configPath)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	rep, err := scan.Scan(ctx, scan.NewEtcdReader(client), resources, scan.Options{EtcdPrefix: o.etcdPrefix})
+	rep, err := o.Scan(ctx, resources, 0)
 	if err != nil {
 		return err
 	}

@@ -14,11 +14,17 @@ import (
 // KeyState is what Vault says about the transit key (GET <mount>/keys/<key>).
 type KeyState struct {
 	// Name is "<mount>/<key>", as this plugin's key_ids name the key.
-	Name string
+	Name string `json:"name"`
 	// Latest is latest_version.
-	Latest int
+	Latest int `json:"latestVersion"`
 	// MinDecryption is min_decryption_version.
-	MinDecryption int
+	MinDecryption int `json:"minDecryptionVersion"`
+	// MinEncryption is min_encryption_version; 0 means the latest. Vault
+	// refuses a min_decryption_version above a non-zero one.
+	MinEncryption int `json:"minEncryptionVersion"`
+	// MinAvailable is min_available_version: versions below it were
+	// trimmed and cannot be made decryptable again (0: none trimmed).
+	MinAvailable int `json:"minAvailableVersion"`
 }
 
 // RetireInput is everything Retire decides from.
@@ -39,6 +45,8 @@ type RetireOutcome string
 const (
 	// Raise: set min_decryption_version to RetireDecision.To.
 	Raise RetireOutcome = "raise"
+	// Lower: set min_decryption_version to RetireDecision.To (Undo only).
+	Lower RetireOutcome = "lower"
 	// Unchanged: min_decryption_version is already where it would go.
 	Unchanged RetireOutcome = "unchanged"
 	// Refuse: do nothing; Reason and Remaining say why.
@@ -90,7 +98,10 @@ type RetireDecision struct {
 //  7. Some object under the key needs a version below the target =>
 //     refuse, listing them (only possible with To).
 //  8. The target equals MinDecryption => unchanged.
-//  9. Otherwise => raise to the target.
+//  9. MinEncryption is set and below the target => refuse: Vault keeps
+//     min_encryption_version >= min_decryption_version, so it would reject
+//     the write; raise min_encryption_version (or set it to 0) first.
+//  10. Otherwise => raise to the target.
 func Retire(in RetireInput) RetireDecision {
 	limit := in.Limit
 	if limit == 0 {
@@ -99,9 +110,8 @@ func Retire(in RetireInput) RetireDecision {
 	k := in.Key
 
 	// STEP 1
-	if k.Latest < 1 || k.MinDecryption < 1 || k.MinDecryption > k.Latest {
-		return RetireDecision{Outcome: Refuse, Reason: fmt.Sprintf(
-			"transit key %s reports latest_version %d and min_decryption_version %d: not a state to decide from", k.Name, k.Latest, k.MinDecryption)}
+	if d, bad := inconsistent(k); bad {
+		return d
 	}
 	// STEP 2
 	if in.To > k.Latest {
@@ -165,6 +175,11 @@ func Retire(in RetireInput) RetireDecision {
 			"min_decryption_version is already %d", target)}
 	}
 	// STEP 9
+	if k.MinEncryption != 0 && k.MinEncryption < target {
+		return RetireDecision{Outcome: Refuse, Reason: fmt.Sprintf(
+			"transit key %s has min_encryption_version %d, below %d: Vault refuses a min_decryption_version above it; raise min_encryption_version (or set it to 0, the latest) first", k.Name, k.MinEncryption, target)}
+	}
+	// STEP 10
 	return RetireDecision{Outcome: Raise, To: target, Reason: fmt.Sprintf(
 		"no object under %s needs a version below %d", k.Name, target)}
 }
@@ -206,4 +221,68 @@ func refusal(bs []blocking, limit int) RetireDecision {
 		}
 	}
 	return d
+}
+
+// inconsistent refuses a key state nothing can be decided from.
+func inconsistent(k KeyState) (RetireDecision, bool) {
+	if k.Latest < 1 || k.MinDecryption < 1 || k.MinDecryption > k.Latest {
+		return RetireDecision{Outcome: Refuse, Reason: fmt.Sprintf(
+			"transit key %s reports latest_version %d and min_decryption_version %d: not a state to decide from", k.Name, k.Latest, k.MinDecryption)}, true
+	}
+	return RetireDecision{}, false
+}
+
+// UndoInput is everything Undo decides from. It needs no scan: lowering
+// min_decryption_version only lets Vault decrypt with more versions, which
+// can never make stored data unreadable.
+type UndoInput struct {
+	Key KeyState
+	// To is the requested min_decryption_version (--undo --to); 0 means the
+	// oldest version Vault still holds: 1, or min_available_version when
+	// older versions were trimmed.
+	To int
+}
+
+// Undo decides how far min_decryption_version is lowered (kmsctl retire
+// --undo), so data under retired versions, such as objects restored from
+// an etcd backup, can be read again. The rules, first match wins:
+//
+//  1. Vault's state is inconsistent (as Retire's rule 1) => refuse.
+//  2. To is above MinDecryption => refuse: undo only lowers; raising is
+//     retire, which needs the scan.
+//  3. To is below the oldest version Vault holds (1, or MinAvailable when
+//     versions were trimmed) => refuse: that version does not exist.
+//  4. The target is To if given, else that oldest version.
+//  5. The target equals MinDecryption => unchanged.
+//  6. Otherwise => lower to the target.
+func Undo(in UndoInput) RetireDecision {
+	k := in.Key
+	// STEP 1
+	if d, bad := inconsistent(k); bad {
+		return d
+	}
+	// STEP 2
+	if in.To > k.MinDecryption {
+		return RetireDecision{Outcome: Refuse, Reason: fmt.Sprintf(
+			"--undo --to %d is above the current min_decryption_version %d: --undo only lowers it; raise it with retire, which checks the scan", in.To, k.MinDecryption)}
+	}
+	floor := max(1, k.MinAvailable)
+	// STEP 3
+	if in.To != 0 && in.To < floor {
+		return RetireDecision{Outcome: Refuse, Reason: fmt.Sprintf(
+			"--undo --to %d: transit key %s holds no version below %d", in.To, k.Name, floor)}
+	}
+	// STEP 4
+	target := in.To
+	if target == 0 {
+		target = floor
+	}
+	// STEP 5
+	if target == k.MinDecryption {
+		return RetireDecision{Outcome: Unchanged, To: target, Reason: fmt.Sprintf(
+			"min_decryption_version is already %d", target)}
+	}
+	// STEP 6
+	return RetireDecision{Outcome: Lower, To: target, Reason: fmt.Sprintf(
+		"lowering min_decryption_version needs no scan: it only lets Vault decrypt with versions %d to %d again", target, k.MinDecryption-1)}
 }

@@ -68,12 +68,12 @@ func TestRetire(t *testing.T) {
 				{Resource: "secrets", Object: "a/old", TransitVersion: 1, Why: "kms-v2 under " + key + " version 1"}}},
 		},
 		{
-			name: "rule 6+9: objects under 2 and 3, no --to => raise to 2, the oldest needed",
+			name: "rule 6+10: objects under 2 and 3, no --to => raise to 2, the oldest needed",
 			in:   RetireInput{Scan: report(under(2, 1, "a/x"), under(3, 9)), Key: state(3, 1)},
 			want: RetireDecision{Outcome: Raise, To: 2},
 		},
 		{
-			name: "rule 6+9: no object under the key => raise to latest",
+			name: "rule 6+10: no object under the key => raise to latest",
 			in: RetireInput{Scan: report(scan.Group{Class: scan.ClassIdentity, Count: 4, Objects: []string{"a/p"}},
 				scan.Group{Class: scan.ClassAESCBC, Provider: "k1", Count: 2}), Key: state(4, 1)},
 			want: RetireDecision{Outcome: Raise, To: 4},
@@ -98,7 +98,7 @@ func TestRetire(t *testing.T) {
 			}},
 		},
 		{
-			name: "rule 7+9: --to 2 with objects under 2 and 3 => raise to 2",
+			name: "rule 7+10: --to 2 with objects under 2 and 3 => raise to 2",
 			in:   RetireInput{Scan: report(under(2, 1), under(3, 1)), Key: state(3, 1), To: 2},
 			want: RetireDecision{Outcome: Raise, To: 2},
 		},
@@ -112,6 +112,16 @@ func TestRetire(t *testing.T) {
 			in:   RetireInput{Scan: report(under(3, 1)), Key: state(3, 3), To: 3},
 			want: RetireDecision{Outcome: Unchanged, To: 3},
 		},
+		{
+			name: "rule 9: min_encryption_version 2 below the target 3 => refuse, Vault would reject it",
+			in:   RetireInput{Scan: report(under(3, 1)), Key: KeyState{Name: key, Latest: 3, MinDecryption: 1, MinEncryption: 2}},
+			want: RetireDecision{Outcome: Refuse},
+		},
+		{
+			name: "rule 9+10: min_encryption_version 3 at the target => raise",
+			in:   RetireInput{Scan: report(under(3, 1)), Key: KeyState{Name: key, Latest: 3, MinDecryption: 1, MinEncryption: 3}},
+			want: RetireDecision{Outcome: Raise, To: 3},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,6 +132,70 @@ func TestRetire(t *testing.T) {
 			got.Reason = ""
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Retire =\n %+v\nwant\n %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestUndo(t *testing.T) {
+	state := func(latest, min, available int) KeyState {
+		return KeyState{Name: key, Latest: latest, MinDecryption: min, MinAvailable: available}
+	}
+	tests := []struct {
+		name string
+		in   UndoInput
+		want RetireDecision
+	}{
+		{
+			name: "rule 1: min_decryption_version 0 => refuse",
+			in:   UndoInput{Key: state(3, 0, 0)},
+			want: RetireDecision{Outcome: Refuse},
+		},
+		{
+			name: "rule 2: --to above the current => refuse, raising is retire",
+			in:   UndoInput{Key: state(3, 2, 0), To: 3},
+			want: RetireDecision{Outcome: Refuse},
+		},
+		{
+			name: "rule 3: --to below a trimmed key's oldest version => refuse",
+			in:   UndoInput{Key: state(5, 4, 2), To: 1},
+			want: RetireDecision{Outcome: Refuse},
+		},
+		{
+			name: "rule 4+6: no --to => lower to 1",
+			in:   UndoInput{Key: state(3, 3, 0)},
+			want: RetireDecision{Outcome: Lower, To: 1},
+		},
+		{
+			name: "rule 4+6: no --to on a trimmed key => lower to min_available_version",
+			in:   UndoInput{Key: state(5, 4, 2)},
+			want: RetireDecision{Outcome: Lower, To: 2},
+		},
+		{
+			name: "rule 4+6: --to 2 => lower to 2",
+			in:   UndoInput{Key: state(3, 3, 0), To: 2},
+			want: RetireDecision{Outcome: Lower, To: 2},
+		},
+		{
+			name: "rule 5: already 1 => unchanged",
+			in:   UndoInput{Key: state(3, 1, 0)},
+			want: RetireDecision{Outcome: Unchanged, To: 1},
+		},
+		{
+			name: "rule 5: --to equal to the current => unchanged",
+			in:   UndoInput{Key: state(3, 2, 0), To: 2},
+			want: RetireDecision{Outcome: Unchanged, To: 2},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Undo(tt.in)
+			if got.Reason == "" {
+				t.Error("no reason given")
+			}
+			got.Reason = ""
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Undo =\n %+v\nwant\n %+v", got, tt.want)
 			}
 		})
 	}

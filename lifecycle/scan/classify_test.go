@@ -4,41 +4,28 @@ import (
 	"fmt"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
 	kmsv2api "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
+
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan/scantest"
 )
 
-const testProvider = "vault-kubernetes-0a1b2c3d"
+const testProvider = scantest.Provider
 
 // keyID builds a key_id of the plugin's form for transit/kubernetes.
-func keyID(version int) string {
-	return fmt.Sprintf("vault-transit:transit/kubernetes:v%d:00112233445566778899", version)
-}
+func keyID(version int) string { return scantest.KeyID(scantest.TransitKey, version) }
 
 // kmsv2Value builds a value as kube-apiserver stores it through a KMSv2
 // provider: the prefix and a marshalled EncryptedObject.
 func kmsv2Value(provider, keyID, dekSource string) []byte {
-	return kmsv2ValueObj(provider, &kmsv2api.EncryptedObject{
-		EncryptedData:          []byte("ciphertext of the object"),
-		KeyID:                  keyID,
-		EncryptedDEKSource:     []byte(dekSource),
-		EncryptedDEKSourceType: kmsv2api.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED,
-		Annotations:            map[string][]byte{"kms.vaultkms.io/x": []byte("y")},
-	})
+	return scantest.KMSv2Value(provider, keyID, dekSource)
 }
 
 func kmsv2ValueObj(provider string, obj *kmsv2api.EncryptedObject) []byte {
-	b, err := proto.Marshal(obj)
-	if err != nil {
-		panic(err)
-	}
-	return append([]byte("k8s:enc:kms:v2:"+provider+":"), b...)
+	return scantest.KMSv2ValueObj(provider, obj)
 }
 
 // dekSource is a transit ciphertext for version v.
-func dekSource(v int) string {
-	return fmt.Sprintf("vault:v%d:c2VhbGVkIERFSyBzZWVkIHNlYWxlZCBERUsgc2VlZCBzZWFsZWQ=", v)
-}
+func dekSource(v int) string { return scantest.DEKSource(v) }
 
 func TestClassify(t *testing.T) {
 	tests := []struct {
