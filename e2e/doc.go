@@ -25,4 +25,10 @@
 //     server stores Secrets through it, the mirror pod shows Ready, Vault
 //     paused makes it not Ready, and a killed plugin is restarted by the
 //     kubelet.
+//
+// And key rotation (kmsctl, part 3):
+//
+//   - TestMigrate: after a rotation, `kmsctl migrate --engine=direct` rewrites
+//     every Secret still under the old transit version, and a fresh etcd scan
+//     shows none left.
 package e2e

@@ -39,6 +39,12 @@ type Options struct {
 	// enough for a "what remains" message without holding every name of a
 	// big cluster in memory. Negative keeps none.
 	NameLimit int
+	// Visit, when set, is called for every object read, in key order, with
+	// its resource, its name ("namespace/name", or "name" for
+	// cluster-scoped resources) and how it is stored: how a caller that
+	// needs every name (kmsctl migrate's list of stale objects) gets them
+	// without the report holding them all.
+	Visit func(resource, object string, s Stored)
 }
 
 func (o Options) withDefaults() Options {
@@ -172,8 +178,12 @@ func scanResource(ctx context.Context, kv Reader, resource, prefix string, rev i
 				groups[k] = g
 			}
 			g.Count++
+			name := string(p.Key[min(len(prefix), len(p.Key)):])
 			if len(g.Objects) < opts.NameLimit {
-				g.Objects = append(g.Objects, string(p.Key[min(len(prefix), len(p.Key)):]))
+				g.Objects = append(g.Objects, name)
+			}
+			if opts.Visit != nil {
+				opts.Visit(resource, name, s)
 			}
 			rr.Total++
 			switch s.Class {

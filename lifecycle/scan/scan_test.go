@@ -130,3 +130,33 @@ func TestPrefixEnd(t *testing.T) {
 		}
 	}
 }
+
+func TestScanVisit(t *testing.T) {
+	m := &memReader{rev: 7, kvs: map[string][]byte{
+		"/registry/secrets/a/s1":   kmsv2Value(testProvider, keyID(1), dekSource(1)),
+		"/registry/secrets/b/s2":   kmsv2Value(testProvider, keyID(2), dekSource(2)),
+		"/registry/secrets/b/s3":   []byte("k8s\x00identity"),
+		"/registry/minions/node-1": kmsv2Value(testProvider, keyID(1), dekSource(1)),
+	}}
+	var got []string
+	visit := func(resource, object string, s Stored) {
+		got = append(got, fmt.Sprintf("%s %s %s v%d", resource, object, s.Class, s.TransitVersion))
+	}
+	// NameLimit negative: the report keeps no names, Visit still sees all.
+	rep, err := Scan(context.Background(), m, []string{"secrets", "nodes"}, Options{PageSize: 2, NameLimit: -1, Visit: visit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"secrets a/s1 kms-v2 v1",
+		"secrets b/s2 kms-v2 v2",
+		"secrets b/s3 identity v0",
+		"nodes node-1 kms-v2 v1",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("visited\n%q\nwant\n%q", got, want)
+	}
+	if rep.Resources[0].Total != 3 || len(rep.Resources[0].Groups[0].Objects) != 0 {
+		t.Errorf("report with Visit changed: %+v", rep.Resources[0])
+	}
+}
