@@ -62,8 +62,8 @@ Vault transit key's min_decryption_version: by default as far as the scan
 allows, to the oldest version any stored object still needs; --to N names it.
 It refuses, changing nothing, unless every object of every scanned resource
 is under version N or later, and lists what remains (resource,
-namespace/name, up to --limit): rewrite those (a no-op write re-encrypts
-them: kubectl get -o json | kubectl replace -f -) and run retire again. After the write it reads the key back, and scans
+namespace/name, up to --limit): rewrite those (kmsctl migrate, or any no-op
+write: kubectl get -o json | kubectl replace -f -) and run retire again. After the write it reads the key back, and scans
 again: if an object was written under a retired version meanwhile (an API
 server still on the old key_id), it sets the old value back and refuses.
 
@@ -335,11 +335,11 @@ func writeRetireTable(w io.Writer, addr string, resources []string, r RetireRepo
 func refusalHint(r RetireReport) string {
 	for _, o := range r.Decision.Remaining {
 		if o.TransitVersion > 0 && o.TransitVersion < r.Before.MinDecryption {
-			return "next: run `kmsctl retire --undo` so Vault can decrypt them again, then rewrite them (kubectl get <resource> -A -o json | kubectl replace -f -), then `kmsctl retire`"
+			return "next: run `kmsctl retire --undo` so Vault can decrypt them again, then `kmsctl migrate --transit-version <latest>`, then `kmsctl retire`"
 		}
 	}
 	if len(r.Decision.Remaining) > 0 {
-		return "next: rewrite the listed objects (kubectl get <resource> -A -o json | kubectl replace -f -), check with `kmsctl status`, then run `kmsctl retire` again"
+		return "next: run `kmsctl migrate --transit-version <latest>` (or rewrite the listed objects), check with `kmsctl status`, then run `kmsctl retire` again"
 	}
 	return "next: nothing was changed; see the reason above"
 }

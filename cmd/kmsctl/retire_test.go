@@ -148,7 +148,7 @@ func TestRetireCommand(t *testing.T) {
 		if !hasLine(out, []string{"secrets", "ns/old", "v1", "kms-v2", "under", "transit/kubernetes", "version", "1"}) {
 			t.Errorf("no line for ns/old:\n%s", out)
 		}
-		mustContain(t, out, "(1 listed of 1)", "kubectl replace")
+		mustContain(t, out, "(1 listed of 1)", "kmsctl migrate")
 		if got := minDecryption(t); got != 1 {
 			t.Errorf("Vault min_decryption_version %d, want 1", got)
 		}
