@@ -530,6 +530,98 @@ func TestTLSWithCAServerNameAndClientCertificate(t *testing.T) {
 	}
 }
 
+func TestVaultEnvironmentOfThePodIsIgnored(t *testing.T) {
+	r := newRig(t, rigOptions{tls: true})
+	flagValue := func(name string) string {
+		for _, a := range r.args {
+			if v, ok := strings.CutPrefix(a, "-"+name+"="); ok {
+				return v
+			}
+		}
+		t.Fatalf("the rig passes no -%s", name)
+		return ""
+	}
+	// What a pod's environment may carry: malformed values that vault/api
+	// refuses, and valid ones that would redirect the plugin, give it
+	// another identity, or loosen TLS if they were read.
+	env := append(os.Environ(),
+		"VAULT_HEADERS={not json",
+		"VAULT_SKIP_VERIFY=true",
+		"VAULT_RATE_LIMIT=garbage",
+		"VAULT_MAX_RETRIES=many",
+		"VAULT_CLIENT_TIMEOUT=soon",
+		"VAULT_TOKEN=s.from-the-environment",
+		"VAULT_ADDR=http://127.0.0.1:1",
+		"VAULT_AGENT_ADDR=http://127.0.0.1:1",
+		"VAULT_NAMESPACE=env-ns",
+		"VAULT_WRAP_TTL=5m",
+		"VAULT_CACERT="+flagValue("tls-ca-file"),
+		"VAULT_TLS_SERVER_NAME="+flagValue("tls-sni"),
+	)
+
+	t.Run("malformed and foreign VAULT_* variables => the plugin starts and serves", func(t *testing.T) {
+		p, client, _ := r.startPluginEnv(r.args, env)
+		waitFor(t, 30*time.Second, "Status healthz ok", func() bool {
+			st, err := client.Status(context.Background())
+			return err == nil && st.Healthz == "ok"
+		})
+		resp, err := client.Encrypt(context.Background(), "uid", []byte("seed"))
+		if err != nil {
+			t.Fatalf("Encrypt: %v", err)
+		}
+		pt, err := client.Decrypt(context.Background(), "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+		if err != nil || string(pt) != "seed" {
+			t.Fatalf("Decrypt = %q, %v", pt, err)
+		}
+		p.stop()
+	})
+	t.Run("VAULT_SKIP_VERIFY and VAULT_CACERT without -tls-ca-file => Vault's certificate is still refused", func(t *testing.T) {
+		p, client, _ := r.startPluginEnv(r.argsWithout("-tls-ca-file="), env)
+		var st *kmsservice.StatusResponse
+		waitFor(t, 15*time.Second, "a TLS failure in Status", func() bool {
+			s, err := client.Status(context.Background())
+			st = s
+			return err == nil && !strings.HasPrefix(s.Healthz, "starting")
+		})
+		if !strings.Contains(st.Healthz, "certificate signed by unknown authority") {
+			t.Fatalf("healthz = %q, want Vault's certificate refused", st.Healthz)
+		}
+		p.stop()
+	})
+}
+
+func TestADeletedTransitKeyIsNamedWithoutALoginStorm(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	resp, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.vault.Client.Logical().Write(mount+"/keys/"+key+"/config", map[string]any{"deletion_allowed": true})
+	r.vault.Must(err, "allow deletion")
+	_, err = r.vault.Client.Logical().Delete(mount + "/keys/" + key)
+	r.vault.Must(err, "delete transit key")
+	loginsBefore := r.metric("vault_kms_plugin_vault_logins_total")
+
+	want := "transit key " + mount + "/" + key + " not found"
+	for i := 0; i < 5; i++ {
+		_, err := r.client.Encrypt(ctx, "uid", []byte("seed"))
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Encrypt after the key was deleted = %v, want FailedPrecondition saying %q", err, want)
+		}
+		_, err = r.client.Decrypt(ctx, "uid", &kmsservice.DecryptRequest{Ciphertext: resp.Ciphertext, KeyID: resp.KeyID})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "tampered") {
+			t.Fatalf("Decrypt after the key was deleted = %v, want FailedPrecondition saying %q", err, want)
+		}
+	}
+	if n := r.metric("vault_kms_plugin_vault_logins_total") - loginsBefore; n != 0 {
+		t.Fatalf("%v logins after the key was deleted: a missing key was taken for a refused token", n)
+	}
+	waitFor(t, 5*time.Second, "Status naming the missing key", func() bool {
+		return strings.Contains(r.status().Healthz, want)
+	})
+}
+
 func TestTokenFileAuthPicksUpANewToken(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	newToken := func() string {

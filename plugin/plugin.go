@@ -119,6 +119,9 @@ func (p *Plugin) Encrypt(ctx context.Context, uid string, plaintext []byte) (*se
 	started := p.now()
 	ct, err := p.transit.Encrypt(ctx, plaintext)
 	if err != nil {
+		if vault.IsKeyNotFound(err) {
+			return nil, keyNotFound("encrypt", err)
+		}
 		return nil, vaultStatus(ctx, "encrypt with "+p.name, err)
 	}
 	version, err := parseCiphertext([]byte(ct))
@@ -158,6 +161,9 @@ func (p *Plugin) Decrypt(ctx context.Context, uid string, req *service.DecryptRe
 	}
 	pt, err := p.transit.Decrypt(ctx, string(req.Ciphertext))
 	if err != nil {
+		if vault.IsKeyNotFound(err) {
+			return nil, keyNotFound("decrypt", err)
+		}
 		if vault.IsBadRequest(err) {
 			return nil, p.refusedCiphertext(version, reqKey, ours, err)
 		}
@@ -181,6 +187,13 @@ func (p *Plugin) refusedCiphertext(version int, reqKey parsedKeyID, ours bool, e
 	default:
 		return status.Errorf(codes.InvalidArgument, "decrypt with %s: Vault refused the ciphertext: it was tampered with or is not from this key (%s)", p.name, msg)
 	}
+}
+
+// keyNotFound is the status for a transit key that does not exist (deleted,
+// or a wrong -transit-key): no retry helps until someone restores the key,
+// and the error names it ("transit key <mount>/<key> not found").
+func keyNotFound(op string, err error) error {
+	return status.Errorf(codes.FailedPrecondition, "%s: %v", op, err)
 }
 
 // vaultStatus maps a failed Vault call to a gRPC status: the caller's own
@@ -270,7 +283,7 @@ func (p *Plugin) Refresh(ctx context.Context) error {
 // and short, since the API server logs it on every poll.
 func unhealthy(err error) string {
 	msg := strings.Join(strings.Fields(err.Error()), " ")
-	if vault.IsNotFound(err) {
+	if vault.IsNotFound(err) && !vault.IsKeyNotFound(err) {
 		msg = "transit key not found: " + msg
 	}
 	if len(msg) > maxHealthz {

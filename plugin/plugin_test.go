@@ -191,6 +191,8 @@ func TestErrorCodes(t *testing.T) {
 			decryptErr: &vault.Error{Err: errors.New("connection refused")}, want: codes.Unavailable},
 		{name: "Vault 500 => Unavailable", ciphertext: good,
 			decryptErr: &vault.Error{Status: 500, Errors: []string{"internal error"}}, want: codes.Unavailable},
+		{name: "transit key missing => FailedPrecondition", ciphertext: good,
+			decryptErr: &vault.KeyNotFoundError{Key: "transit/k", Err: &vault.Error{Status: 400, Errors: []string{"encryption key not found"}}}, want: codes.FailedPrecondition},
 		{name: "Vault 403 => Unavailable", ciphertext: good,
 			decryptErr: &vault.Error{Status: 403, Errors: []string{"permission denied"}}, want: codes.Unavailable},
 	}

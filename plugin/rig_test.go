@@ -139,6 +139,13 @@ func newRig(t testing.TB, o rigOptions) *rig {
 // replaced), and returns it with a client. It does not wait for health.
 func (r *rig) startPlugin(args []string) (*process, kmsservice.Service, string) {
 	r.t.Helper()
+	return r.startPluginEnv(args, nil)
+}
+
+// startPluginEnv is startPlugin with env as the process's environment
+// (nil: this process's).
+func (r *rig) startPluginEnv(args, env []string) (*process, kmsservice.Service, string) {
+	r.t.Helper()
 	sock := filepath.Join(r.t.TempDir(), "kms.sock")
 	var out []string
 	for _, a := range args {
@@ -147,7 +154,7 @@ func (r *rig) startPlugin(args []string) (*process, kmsservice.Service, string) 
 		}
 	}
 	out = append(out, "-listen-address=unix://"+sock)
-	p := startProcess(r.t, pluginBin, out...)
+	p := startProcessEnv(r.t, pluginBin, env, out...)
 	return p, connect(r.t, sock), sock
 }
 
@@ -260,11 +267,19 @@ type process struct {
 
 func startProcess(t testing.TB, bin string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, bin, nil, args...)
+}
+
+// startProcessEnv is startProcess with env as the environment (nil: this
+// process's).
+func startProcessEnv(t testing.TB, bin string, env []string, args ...string) *process {
+	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "plugin-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -122,6 +122,51 @@ func TestGoodFlagsValidate(t *testing.T) {
 	}
 }
 
+func TestVaultAddressSchemes(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(secret, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		addr  string
+		extra []string
+		want  string // error text; empty: accepted
+	}{
+		{name: "http to a remote Vault => error naming -insecure-allow-http", addr: "http://vault.example.com:8200", want: "http://vault.example.com:8200 is plain http to a host that is not loopback, which sends the Vault token and DEK seeds in clear text: use https://, or pass -insecure-allow-http"},
+		{name: "http to a remote Vault listed after a loopback one => error", addr: "http://127.0.0.1:8200,http://10.0.0.7:8200", want: "http://10.0.0.7:8200 is plain http"},
+		{name: "http to a name that merely starts with localhost => error", addr: "http://localhost.example.com:8200", want: "pass -insecure-allow-http"},
+		{name: "http to 0.0.0.0 => error", addr: "http://0.0.0.0:8200", want: "pass -insecure-allow-http"},
+		{name: "https to a remote Vault => accepted", addr: "https://vault.example.com:8200"},
+		{name: "http to 127.0.0.1 => accepted without a flag", addr: "http://127.0.0.1:8200"},
+		{name: "http to elsewhere in 127.0.0.0/8 => accepted without a flag", addr: "http://127.3.2.1:8200"},
+		{name: "http to localhost => accepted without a flag", addr: "http://LocalHost:8200"},
+		{name: "http to ::1 => accepted without a flag", addr: "http://[::1]:8200"},
+		{name: "http to a remote Vault with -insecure-allow-http => accepted", addr: "http://vault.example.com:8200", extra: []string{"-insecure-allow-http"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var o options
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			o.addFlags(fs)
+			args := append([]string{"-listen-address=unix://" + filepath.Join(dir, "kms.sock"), "-vault-address=" + tt.addr,
+				"-transit-key=k", "-approle-role-id=r", "-approle-secret-id-path=" + secret}, tt.extra...)
+			if err := fs.Parse(args); err != nil {
+				t.Fatal(err)
+			}
+			o.set = map[string]bool{}
+			err := o.validate(fs.Args())
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("validate = %v, want an error saying %q", err, tt.want)
+			}
+		})
+	}
+}
+
 // OpenShift's KMS plugin lifecycle passes exactly these arguments
 // (openshift/library-go pkg/operator/encryption/kms/pluginlifecycle/vault.go);
 // the plugin must accept them as they are.

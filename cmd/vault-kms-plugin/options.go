@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/user"
@@ -40,6 +41,7 @@ type options struct {
 	batchMaxSize          int
 	batchMaxInFlight      int
 	batchWindow           time.Duration
+	insecureAllowHTTP     bool
 
 	// The one-shot preparation mode (see server.PrepareSocketDir).
 	prepareSocketDir      string
@@ -83,6 +85,7 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.batchWindow, "batch-window", 0, "how long a batch formed under load waits for more calls (0: send what has queued; a call alone never waits)")
 	fs.StringVar(&o.prepareSocketDir, "prepare-socket-dir", "", "prepare mode: create this socket directory 0750 for -prepare-socket-dir-owner, then exit (run as root with CAP_CHOWN in an init container)")
 	fs.StringVar(&o.prepareSocketDirOwner, "prepare-socket-dir-owner", "", "prepare mode: UID:GID that will own -prepare-socket-dir (the plugin's user)")
+	fs.BoolVar(&o.insecureAllowHTTP, "insecure-allow-http", false, "allow http:// to a Vault that is not on loopback: the token, secret ID and DEK seeds then cross the network in clear text")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or GID) allowed to use the socket; makes it 0660 instead of 0600")
 }
 
@@ -100,6 +103,9 @@ func (o *options) validate(args []string) error {
 		return err
 	}
 	if o.addresses, err = vaultAddresses(o.vaultAddress); err != nil {
+		return err
+	}
+	if err := requireTLS(o.addresses, o.insecureAllowHTTP); err != nil {
 		return err
 	}
 	if err := o.resolveKeyPath(); err != nil {
@@ -254,6 +260,32 @@ func vaultAddresses(list string) ([]string, error) {
 		out = append(out, a)
 	}
 	return out, nil
+}
+
+// requireTLS refuses plain http to anything but loopback: the plugin sends
+// its token, secret ID and the API server's DEK seeds to Vault. Loopback
+// stays allowed without a flag, for a dev Vault on the node and for tests.
+func requireTLS(addresses []string, allowHTTP bool) error {
+	if allowHTTP {
+		return nil
+	}
+	for _, a := range addresses {
+		u, _ := url.Parse(a) // vaultAddresses parsed it already
+		if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+			return fmt.Errorf("-vault-address: %s is plain http to a host that is not loopback, which sends the Vault token and DEK seeds in clear text: use https://, or pass -insecure-allow-http to accept that", a)
+		}
+	}
+	return nil
+}
+
+// isLoopback reports whether host is localhost, 127.0.0.0/8 or ::1. Names
+// other than localhost are not resolved: what they resolve to can change.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func readable(flagName, path string) error {

@@ -61,6 +61,9 @@ func serve(ctx context.Context, o *options) error {
 	go keeper.Run(ctx)
 	go p.Run(ctx)
 
+	if o.insecureAllowHTTP {
+		klog.InfoS("Warning: -insecure-allow-http is set: an http:// Vault address off loopback carries the token and DEK seeds in clear text", "vault", o.addresses)
+	}
 	klog.InfoS("Serving KMSv2", "socket", o.socketPath, "vault", o.addresses, "key", o.transitMount+"/"+o.transitKey, "metricsPort", o.metricsPort)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()

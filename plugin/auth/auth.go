@@ -129,8 +129,10 @@ type Keeper struct {
 	hooks  Hooks
 	now    func() time.Time
 
-	// loginMu serialises logins so that a burst of 403s causes one login.
-	loginMu      sync.Mutex
+	// loginMu serialises logins and renewals so that a burst of 403s causes
+	// one login. A renewal holds it for up to callTimeout while Vault is
+	// slow; a request waits for it only as long as its own context allows.
+	loginMu      ctxMutex
 	lastAttempt  time.Time
 	lastLoginErr error
 	// A 403 that a fresh token does not cure is a policy problem: each
@@ -174,7 +176,9 @@ func (k *Keeper) ExpiresAt() time.Time {
 
 // Login logs in now and installs the new token.
 func (k *Keeper) Login(ctx context.Context) error {
-	k.loginMu.Lock()
+	if err := k.loginMu.Lock(ctx); err != nil {
+		return fmt.Errorf("%s login: wait for the token keeper: %w", k.method.Name(), err)
+	}
 	defer k.loginMu.Unlock()
 	return k.loginLocked(ctx)
 }
@@ -183,7 +187,10 @@ func (k *Keeper) Login(ctx context.Context) error {
 // returns that attempt's outcome; it is what the Vault client calls when
 // Vault answers 403, so concurrent refusals share one login.
 func (k *Keeper) Reauth(ctx context.Context) error {
-	k.loginMu.Lock()
+	if err := k.loginMu.Lock(ctx); err != nil {
+		// A renewal or login is under way; this request's time is up.
+		return fmt.Errorf("log in again: wait for the token keeper: %w", err)
+	}
 	defer k.loginMu.Unlock()
 	now := k.now()
 	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < minReloginGap {
@@ -330,7 +337,9 @@ func (k *Keeper) Run(ctx context.Context) {
 func (k *Keeper) renew(ctx context.Context, s tokenState) error {
 	// Hold loginMu so a concurrent re-login cannot be overwritten by the
 	// outcome of renewing the token it replaced.
-	k.loginMu.Lock()
+	if err := k.loginMu.Lock(ctx); err != nil {
+		return fmt.Errorf("renew token: %w", err)
+	}
 	defer k.loginMu.Unlock()
 	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 	tok, err := k.client.RenewSelf(callCtx, s.loginTTL)
@@ -358,3 +367,24 @@ func (k *Keeper) renew(ctx context.Context, s tokenState) error {
 	klog.V(4).InfoS("Renewed Vault token", "ttl", tok.TTL, "capped", k.state.capped)
 	return nil
 }
+
+// ctxMutex is a mutex whose Lock gives up when a context ends. The zero
+// value is unlocked.
+type ctxMutex struct {
+	once sync.Once
+	ch   chan struct{} // holds a token while locked
+}
+
+// Lock locks m, or returns ctx's error if ctx ends first.
+func (m *ctxMutex) Lock(ctx context.Context) error {
+	m.once.Do(func() { m.ch = make(chan struct{}, 1) })
+	select {
+	case m.ch <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unlock unlocks m.
+func (m *ctxMutex) Unlock() { <-m.ch }

@@ -1,11 +1,16 @@
 package auth
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/vault"
+	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
 func TestDecide(t *testing.T) {
@@ -92,5 +97,68 @@ func TestReauthGapGrowsWhileFreshTokensAreRefused(t *testing.T) {
 	}
 	if got := reauthGap(50); got != maxReauthGap {
 		t.Errorf("reauthGap(50) = %s, want the cap %s", got, maxReauthGap)
+	}
+}
+
+func TestWaitsForTheKeeperEndAtTheCallersDeadline(t *testing.T) {
+	tests := []struct {
+		name string
+		wait func(k *Keeper, ctx context.Context) error
+	}{
+		{name: "renewal hung on a paused Vault => a 403's re-login gives up at the request's deadline", wait: (*Keeper).Reauth},
+		{name: "renewal hung on a paused Vault => a login gives up at its caller's deadline", wait: (*Keeper).Login},
+	}
+	v := vaulttest.StartDev(t)
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte(v.RootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := vault.New(vault.Config{Addresses: []string{v.Addr}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := NewKeeper(c, &TokenFile{Path: tokenPath}, Hooks{})
+			if err := k.Login(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			v.Pause() // connections are accepted, nothing answers
+			paused := true
+			defer func() {
+				if paused {
+					v.Resume()
+				}
+			}()
+			renewed := make(chan error, 1)
+			go func() {
+				renewed <- k.renew(context.Background(), tokenState{valid: true, renewable: true, loginTTL: time.Hour})
+			}()
+			// Wait until the renewal holds the keeper's lock.
+			for held := false; !held; {
+				probe, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+				if k.loginMu.Lock(probe) == nil {
+					k.loginMu.Unlock()
+					time.Sleep(5 * time.Millisecond)
+				} else {
+					held = true
+				}
+				cancel()
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err = tt.wait(k, ctx)
+			if waited := time.Since(start); waited > 1500*time.Millisecond {
+				t.Fatalf("waited %s behind the renewal, past a 300ms deadline (err %v)", waited.Round(time.Millisecond), err)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("err = %v, want the caller's deadline", err)
+			}
+			v.Resume()
+			paused = false
+			<-renewed
+		})
 	}
 }

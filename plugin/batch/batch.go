@@ -5,6 +5,13 @@
 // is busy wait in a queue and leave together, up to MaxSize, as soon as a
 // slot frees; with Window > 0 a batch formed under load also lingers up to
 // Window for more. Concurrent calls with the same key share one result.
+//
+// Every caller keeps its own deadline: a caller returns when its context
+// ends, and a batch call runs until its result is in or until no caller of
+// any of its keys still waits, whichever comes first. A batch call therefore
+// carries no deadline of its own (callers that share a key may arrive, with
+// later deadlines, while it is in flight); Timeout bounds it only when some
+// caller has none.
 package batch
 
 import (
@@ -33,7 +40,7 @@ type Options struct {
 	// Window is how long a batch formed while other batches are in flight
 	// waits for more keys. 0: only what has already queued.
 	Window time.Duration
-	// Timeout bounds a batch call whose members carry no deadline.
+	// Timeout bounds a batch call that a caller without a deadline waits for.
 	Timeout time.Duration
 	// Dedupe makes concurrent calls with the same key share one result.
 	Dedupe bool
@@ -53,10 +60,22 @@ type Batcher[K comparable, V any] struct {
 // call is one key's share of a batch; followers with the same key wait on it.
 type call[K comparable, V any] struct {
 	key      K
-	ctx      context.Context
+	ctx      context.Context // the first caller's, for its values only
 	done     chan struct{}
 	result   Result[V]
 	enqueued time.Time
+
+	// Guarded by Batcher.mu.
+	waiters   int     // callers still waiting for result
+	unbounded bool    // some caller has no deadline
+	flight    *flight // the batch call carrying it, once sent
+}
+
+// flight is one batch call in progress; it is cancelled when none of its
+// calls has a waiter left.
+type flight struct {
+	cancel context.CancelFunc
+	calls  int // calls with waiters
 }
 
 // New returns a Batcher.
@@ -77,6 +96,10 @@ func New[K comparable, V any](fn Func[K, V], opts Options) *Batcher[K, V] {
 func (b *Batcher[K, V]) Do(ctx context.Context, key K) (V, error) {
 	b.mu.Lock()
 	c, shared := b.pending[key]
+	if shared && c.flight != nil && c.flight.calls == 0 {
+		// Its flight was cancelled when its last caller left: start afresh.
+		shared = false
+	}
 	if !shared {
 		c = &call[K, V]{key: key, ctx: ctx, done: make(chan struct{}), enqueued: time.Now()}
 		if b.opts.Dedupe {
@@ -84,6 +107,7 @@ func (b *Batcher[K, V]) Do(ctx context.Context, key K) (V, error) {
 		}
 		b.queue = append(b.queue, c)
 	}
+	c.join(ctx)
 	run := !shared && b.inFlight < b.opts.MaxInFlight
 	if run {
 		b.inFlight++
@@ -91,17 +115,46 @@ func (b *Batcher[K, V]) Do(ctx context.Context, key K) (V, error) {
 	b.mu.Unlock()
 
 	if run {
-		// This goroutine owns a slot: send the first batch itself (its own
-		// key is in it when the Batcher was idle), then hand the slot on.
-		b.runBatch(b.take(false))
-		go b.drain()
+		// This call owns a slot: send the first batch (its own key is in it
+		// when the Batcher was idle), then hand the slot on. Not on this
+		// goroutine: it must stay free to return at its caller's deadline.
+		go func() {
+			b.runBatch(b.take(false))
+			b.drain()
+		}()
 	}
 	select {
 	case <-c.done:
 		return c.result.Value, c.result.Err
 	case <-ctx.Done():
+		b.leave(c)
 		var zero V
 		return zero, ctx.Err()
+	}
+}
+
+// join counts a caller in. Called with b.mu held.
+func (c *call[K, V]) join(ctx context.Context) {
+	if c.waiters == 0 && c.flight != nil {
+		c.flight.calls++
+	}
+	c.waiters++
+	if _, ok := ctx.Deadline(); !ok {
+		c.unbounded = true
+	}
+}
+
+// leave counts a caller out; the last caller of the last call of a flight
+// cancels it, since nobody would read its results.
+func (b *Batcher[K, V]) leave(c *call[K, V]) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c.waiters--
+	if c.waiters > 0 || c.flight == nil {
+		return
+	}
+	if c.flight.calls--; c.flight.calls == 0 {
+		c.flight.cancel()
 	}
 }
 
@@ -148,21 +201,36 @@ func (b *Batcher[K, V]) runBatch(batch []*call[K, V]) {
 	if len(batch) == 0 {
 		return
 	}
-	// Members may have different deadlines; one member giving up must not
-	// cancel the others, so the call lives until the latest deadline.
-	var latest time.Time
-	for _, c := range batch {
-		d, ok := c.ctx.Deadline()
-		if !ok {
-			latest = time.Now().Add(b.opts.Timeout)
-			break
-		}
-		if d.After(latest) {
-			latest = d
-		}
-	}
-	ctx, cancel := context.WithDeadline(context.WithoutCancel(batch[0].ctx), latest)
+	// Callers may have different deadlines, and more may join while the
+	// call is in flight: it lives while any of them waits (see leave), not
+	// until the first caller's deadline.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
 	defer cancel()
+	f := &flight{cancel: cancel}
+	unbounded := false
+	live := batch[:0:0]
+	b.mu.Lock()
+	for _, c := range batch {
+		if c.waiters == 0 {
+			// Every caller gave up while it queued: do not ask Vault.
+			b.deliver(c, Result[V]{Err: context.Canceled})
+			continue
+		}
+		c.flight = f
+		f.calls++
+		unbounded = unbounded || c.unbounded
+		live = append(live, c)
+	}
+	b.mu.Unlock()
+	batch = live
+	if len(batch) == 0 {
+		return
+	}
+	if unbounded {
+		var cancelTimeout context.CancelFunc
+		ctx, cancelTimeout = context.WithTimeout(ctx, b.opts.Timeout)
+		defer cancelTimeout()
+	}
 
 	keys := make([]K, len(batch))
 	for i, c := range batch {
@@ -175,14 +243,19 @@ func (b *Batcher[K, V]) runBatch(batch []*call[K, V]) {
 	b.mu.Lock()
 	for i, c := range batch {
 		if err != nil {
-			c.result = Result[V]{Err: err}
+			b.deliver(c, Result[V]{Err: err})
 		} else {
-			c.result = results[i]
+			b.deliver(c, results[i])
 		}
-		if b.opts.Dedupe && b.pending[c.key] == c {
-			delete(b.pending, c.key)
-		}
-		close(c.done)
 	}
 	b.mu.Unlock()
+}
+
+// deliver answers c's callers. Called with b.mu held.
+func (b *Batcher[K, V]) deliver(c *call[K, V], r Result[V]) {
+	c.result = r
+	if b.opts.Dedupe && b.pending[c.key] == c {
+		delete(b.pending, c.key)
+	}
+	close(c.done)
 }

@@ -33,8 +33,10 @@ func (r *recorder) fn(ctx context.Context, keys []string) ([]Result[string], err
 		select {
 		case <-hold:
 		case <-ctx.Done():
-			return nil, ctx.Err()
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // as a Vault call on an ended context
 	}
 	if r.callErr != nil {
 		return nil, r.callErr
@@ -260,4 +262,102 @@ func TestManyConcurrentCallersAllGetTheirOwnAnswer(t *testing.T) {
 		t.Fatalf("%d batch calls for %d keys: nothing was coalesced", n, 64*50)
 	}
 	t.Logf("%d keys in %d batch calls", 64*50, calls.Load())
+}
+
+func TestSharedCallersKeepTheirOwnDeadlines(t *testing.T) {
+	tests := []struct {
+		name string
+		// inFlight: the patient caller joins once the shared call is sent,
+		// else while it still queues behind a busy slot.
+		inFlight bool
+	}{
+		{name: "patient caller joins a queued call of an impatient one => it gets the answer after the impatient deadline", inFlight: false},
+		{name: "patient caller joins an in-flight call of an impatient one => it gets the answer after the impatient deadline", inFlight: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &recorder{}
+			b := New(r.fn, Options{MaxSize: 64, MaxInFlight: 1, Dedupe: true})
+			var release, waitFirst func()
+			if !tt.inFlight {
+				release, waitFirst = startHeld(t, b, r)
+			} else {
+				r.hold = make(chan struct{})
+				r.entered = make(chan struct{}, 100)
+				release, waitFirst = func() { close(r.hold) }, func() {}
+			}
+			impatient, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			impatientErr := make(chan error, 1)
+			go func() { _, err := b.Do(impatient, "same"); impatientErr <- err }()
+			if tt.inFlight {
+				<-r.entered
+			} else {
+				waitQueued(t, b, 1)
+			}
+			patient, cancelPatient := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancelPatient()
+			patientRes := make(chan Result[string], 1)
+			go func() { v, err := b.Do(patient, "same"); patientRes <- Result[string]{Value: v, Err: err} }()
+
+			if err := <-impatientErr; !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("impatient caller: %v, want its own deadline", err)
+			}
+			time.Sleep(50 * time.Millisecond) // well past the impatient deadline
+			release()
+			waitFirst()
+			if got := <-patientRes; got.Err != nil || got.Value != "v:same" {
+				t.Fatalf("patient caller: %+v, want v:same: it inherited the impatient caller's deadline", got)
+			}
+			if s := r.sizes(); (tt.inFlight && fmt.Sprint(s) != "[1]") || (!tt.inFlight && fmt.Sprint(s) != "[1 1]") {
+				t.Fatalf("batch sizes = %v: the key was not shared", s)
+			}
+		})
+	}
+}
+
+func TestASharedCallIsCancelledOnceNoCallerWaits(t *testing.T) {
+	r := &recorder{hold: make(chan struct{}), entered: make(chan struct{}, 10)}
+	defer close(r.hold)
+	cancelled := make(chan struct{})
+	fn := func(ctx context.Context, keys []string) ([]Result[string], error) {
+		res, err := r.fn(ctx, keys)
+		if ctx.Err() != nil {
+			close(cancelled)
+		}
+		return res, err
+	}
+	b := New(fn, Options{MaxSize: 64, MaxInFlight: 1, Dedupe: true, Timeout: time.Hour})
+	// No deadlines: only the callers leaving can end the call early.
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	go func() { _, err := b.Do(ctx1, "same"); errs <- err }()
+	<-r.entered
+	go func() { _, err := b.Do(ctx2, "same"); errs <- err }()
+	waitFor := func(cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal("timed out")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor(func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.pending["same"].waiters == 2 })
+	cancel1()
+	<-errs
+	select {
+	case <-cancelled:
+		t.Fatal("the shared call was cancelled while a caller still waited")
+	case <-time.After(50 * time.Millisecond):
+	}
+	cancel2()
+	<-errs
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the shared call ran on after every caller gave up")
+	}
 }

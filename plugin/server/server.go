@@ -114,7 +114,12 @@ type Socket struct {
 	net.Listener
 	Path string
 	ino  uint64
+	lock *os.File // flock on Path+".lock", held until Remove
 }
+
+// testHookStaleChecked, if set, runs between finding a stale socket and
+// removing it: the window in which two starting plugins used to race.
+var testHookStaleChecked func()
 
 // Listen creates a unix socket at path with mode 0600, or 0660 owned by gid
 // when gid >= 0. It creates the parent directory if missing, refuses to
@@ -132,23 +137,34 @@ func Listen(path string, gid int) (*Socket, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := removeStale(path); err != nil {
+	// Two plugins starting at once could each find the same stale socket,
+	// and one would remove the other's fresh one. The lock makes the check
+	// and the replacement one step; the kernel drops it when we exit.
+	lock, err := lockSocketPath(path)
+	if err != nil {
 		return nil, err
+	}
+	unlock := func(err error) (*Socket, error) {
+		lock.Close()
+		return nil, err
+	}
+	if err := removeStale(path); err != nil {
+		return unlock(err)
 	}
 	tmpDir, err := os.MkdirTemp(dir, ".kms-socket-")
 	if err != nil {
-		return nil, fmt.Errorf("create socket: %w", err)
+		return unlock(fmt.Errorf("create socket: %w", err))
 	}
 	defer os.RemoveAll(tmpDir)
 	tmp := filepath.Join(tmpDir, "s")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("create socket: %w", err)
+		return unlock(fmt.Errorf("create socket: %w", err))
 	}
 	ln.SetUnlinkOnClose(false) // the path moves; Remove deletes it at its final name
 	fail := func(err error) (*Socket, error) {
 		ln.Close()
-		return nil, err
+		return unlock(err)
 	}
 	mode := os.FileMode(0o600)
 	if gid >= 0 {
@@ -167,7 +183,26 @@ func Listen(path string, gid int) (*Socket, error) {
 	if err != nil {
 		return fail(fmt.Errorf("create socket: %w", err))
 	}
-	return &Socket{Listener: ln, Path: path, ino: inode(fi)}, nil
+	return &Socket{Listener: ln, Path: path, ino: inode(fi), lock: lock}, nil
+}
+
+// lockSocketPath takes an exclusive flock on path+".lock". The file is
+// never removed: removing it would let a newcomer lock a fresh file while
+// the holder still holds the old one.
+func lockSocketPath(path string) (*os.File, error) {
+	lockPath := path + ".lock"
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open socket lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another plugin holds %s: it serves or is starting on %s; two plugins must not share one -listen-address", lockPath, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	return f, nil
 }
 
 // linkNoReplace moves the socket at tmp to path, failing if path exists.
@@ -207,6 +242,9 @@ func removeStale(path string) error {
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("%s exists and its state is unclear (%v); refusing to replace it", path, err)
 	}
+	if testHookStaleChecked != nil {
+		testHookStaleChecked()
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket: %w", err)
 	}
@@ -222,6 +260,9 @@ func (s *Socket) Remove() {
 		if err := os.Remove(s.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			klog.ErrorS(err, "Removing socket", "path", s.Path)
 		}
+	}
+	if s.lock != nil {
+		s.lock.Close() // releases the flock
 	}
 }
 

@@ -67,8 +67,12 @@ func TestSocketIsCreatedOwnerOnlyInANewDirectory(t *testing.T) {
 		t.Fatalf("socket mode = %v, want socket 0600", fi.Mode())
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
-	if len(entries) != 1 {
-		t.Fatalf("socket directory holds %d entries, want only the socket (temp dir left behind?)", len(entries))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "kms.sock kms.sock.lock" {
+		t.Fatalf("socket directory holds %v, want only the socket and its lock (temp dir left behind?)", names)
 	}
 	st, err := dial(t, path).Status(context.Background(), &kmsapi.StatusRequest{})
 	if err != nil || st.Healthz != "ok" {
@@ -105,14 +109,38 @@ func TestListenRefusesToReplaceAFile(t *testing.T) {
 }
 
 func TestListenRefusesALiveSocket(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "kms.sock")
-	serve(t, path, stubService{})
-	_, err := Listen(path, -1)
-	if err == nil || !strings.Contains(err.Error(), "another process is serving") {
-		t.Fatalf("Listen over a live socket: %v, want refusal", err)
+	tests := []struct {
+		name  string
+		serve func(t *testing.T, path string)
+		want  string
+	}{
+		{name: "a plugin serves on the path => refused by its lock", want: "another plugin holds",
+			serve: func(t *testing.T, path string) { serve(t, path, stubService{}) }},
+		{name: "something without the lock serves on the path => refused as live", want: "another process is serving",
+			serve: func(t *testing.T, path string) {
+				ln, err := net.Listen("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				gs := grpc.NewServer()
+				kmsapi.RegisterKeyManagementServiceServer(gs, service.NewGRPCService("", 0, stubService{}))
+				go func() { _ = gs.Serve(ln) }()
+				t.Cleanup(gs.Stop)
+			}},
 	}
-	if _, err := dial(t, path).Status(context.Background(), &kmsapi.StatusRequest{}); err != nil {
-		t.Fatalf("the live server was disturbed: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "kms.sock")
+			tt.serve(t, path)
+			_, err := Listen(path, -1)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Listen over a live socket: %v, want %q", err, tt.want)
+			}
+			if _, err := dial(t, path).Status(context.Background(), &kmsapi.StatusRequest{}); err != nil {
+				t.Fatalf("the live server was disturbed: %v", err)
+			}
+		})
 	}
 }
 
@@ -139,7 +167,7 @@ func TestShutdownRemovesOnlyOurSocket(t *testing.T) {
 		t.Fatalf("socket left after Shutdown: %v", err)
 	}
 
-	// A newer instance took the path over: the old one must not delete it.
+	// Someone replaced the socket while we served: we must not delete theirs.
 	old, err := Listen(path, -1)
 	if err != nil {
 		t.Fatal(err)
@@ -147,15 +175,74 @@ func TestShutdownRemovesOnlyOurSocket(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	newer, err := Listen(path, -1)
+	theirs, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer newer.Remove()
+	defer theirs.Close()
 	old.Remove()
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("old instance removed the newer socket: %v", err)
 	}
+}
+
+func TestTwoPluginsStartingOnOneStaleSocket(t *testing.T) {
+	// A crashed plugin left a stale socket. The first starter finds it
+	// stale and is paused just before removing it; the second starts then.
+	path := filepath.Join(t.TempDir(), "kms.sock")
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+
+	paused, resume := make(chan struct{}), make(chan struct{})
+	testHookStaleChecked = func() {
+		testHookStaleChecked = nil
+		close(paused)
+		<-resume
+	}
+	defer func() { testHookStaleChecked = nil }()
+	type result struct {
+		sock *Socket
+		err  error
+	}
+	first := make(chan result, 1)
+	go func() { s, err := Listen(path, -1); first <- result{s, err} }()
+	<-paused
+	second, secondErr := Listen(path, -1)
+	close(resume)
+	got := <-first
+
+	switch {
+	case got.err != nil:
+		t.Fatalf("the first plugin failed: %v", got.err)
+	case secondErr == nil:
+		second.Remove()
+		t.Fatal("both plugins started on one socket path: one removed the other's socket")
+	case !strings.Contains(secondErr.Error(), "another plugin holds "+path+".lock"):
+		t.Fatalf("second plugin: %v, want it to name the lock", secondErr)
+	}
+	defer got.sock.Remove()
+	fi, err := os.Lstat(path)
+	if err != nil || inode(fi) != got.sock.ino {
+		t.Fatalf("the socket at %s is not the first plugin's (%v)", path, err)
+	}
+}
+
+func TestTheLockIsReleasedWithTheSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kms.sock")
+	first, err := Listen(path, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Remove()
+	second, err := Listen(path, -1)
+	if err != nil {
+		t.Fatalf("a plugin after a clean stop: %v", err)
+	}
+	second.Remove()
 }
 
 func TestAPanicCostsOneCallNotTheServer(t *testing.T) {

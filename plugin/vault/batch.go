@@ -69,8 +69,13 @@ func (t *Transit) postBatch(ctx context.Context, op, path string, input any, n i
 	var out struct {
 		BatchResults []batchResult `json:"batch_results"`
 	}
+	// Only encrypt hears 403 for a missing key (see missingKeyMessage).
+	var explain func(context.Context, error) error
+	if path == "encrypt/" {
+		explain = t.explainDenied
+	}
 	var addr string
-	err = t.c.doAuthed(ctx, op, func(ctx context.Context, nd node) error {
+	err = t.c.doAuthedExplained(ctx, op, func(ctx context.Context, nd node) error {
 		addr = nd.addr
 		resp, err := nd.transit.Logical().WriteRawWithContext(ctx, t.base+path+t.key, raw)
 		var re *api.ResponseError
@@ -85,9 +90,9 @@ func (t *Transit) postBatch(ctx context.Context, op, path string, input any, n i
 			return err
 		}
 		return decode(resp, err, &out)
-	})
+	}, explain)
 	if err != nil {
-		return nil, addr, err
+		return nil, addr, t.keyNotFound(err)
 	}
 	if len(out.BatchResults) != n {
 		return nil, addr, fmt.Errorf("%s: Vault returned %d results for %d inputs", op, len(out.BatchResults), n)

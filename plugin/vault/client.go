@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,29 +134,60 @@ func newHTTPClient(cfg Config) (*http.Client, error) {
 }
 
 func newAPIClient(addr string, hc *http.Client, namespace string) (*api.Client, error) {
-	c, err := api.NewClient(&api.Config{
-		Address:    addr,
-		HttpClient: hc,
-		// Failover and retry are ours: the API server gives each call 3 s,
-		// which Vault's own backoff (1–1.5 s per retry) would mostly spend
-		// waiting on a node that is down.
-		MaxRetries: 0,
-		// No client timeout: with one, Logical().*Raw* cancel their context
-		// on return, before the caller reads the body ("context canceled").
-		// Every call carries a deadline instead (see do).
-		Timeout: 0,
+	var c *api.Client
+	err := withoutVaultEnv(func() (err error) {
+		c, err = api.NewClient(&api.Config{
+			Address:    addr,
+			HttpClient: hc,
+			// Failover and retry are ours: the API server gives each call 3 s,
+			// which Vault's own backoff (1–1.5 s per retry) would mostly spend
+			// waiting on a node that is down.
+			MaxRetries: 0,
+			// No client timeout: with one, Logical().*Raw* cancel their context
+			// on return, before the caller reads the body ("context canceled").
+			// Every call carries a deadline instead (see do).
+			Timeout: 0,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	// api.NewClient reads VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS from
-	// the environment; undo all three.
-	c.ClearToken()
-	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+	// Every request would otherwise ask for response wrapping when
+	// VAULT_WRAP_TTL is set, read at request time.
+	c.SetWrappingLookupFunc(func(string, string) string { return "" })
 	if namespace != "" {
 		c.SetNamespace(namespace)
 	}
 	return c, nil
+}
+
+// envMu serialises withoutVaultEnv, which changes the process environment.
+var envMu sync.Mutex
+
+// withoutVaultEnv runs f with every VAULT_* variable hidden from the process
+// environment, then puts them back. api.NewClient reads them through
+// api.DefaultConfig whatever config it is given (VAULT_TOKEN,
+// VAULT_NAMESPACE and VAULT_HEADERS land in the client; a malformed
+// VAULT_HEADERS, VAULT_SKIP_VERIFY, VAULT_RATE_LIMIT, VAULT_MAX_RETRIES,
+// VAULT_CLIENT_TIMEOUT or an unreadable VAULT_CACERT fails it, checked on
+// vault/api v1.23.0), and no option turns that off.
+func withoutVaultEnv(f func() error) error {
+	envMu.Lock()
+	defer envMu.Unlock()
+	hidden := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "VAULT_") {
+			hidden[k] = v
+			_ = os.Unsetenv(k)
+		}
+	}
+	defer func() {
+		for k, v := range hidden {
+			_ = os.Setenv(k, v)
+		}
+	}()
+	return f()
 }
 
 // SetToken makes every later call use token.
@@ -243,9 +275,21 @@ func (c *Client) report(op string, start time.Time, err error) {
 // doAuthed is do for calls that need the token: a 403 triggers one re-login
 // and one retry, so a token that expired early never fails a request.
 func (c *Client) doAuthed(ctx context.Context, op string, call func(ctx context.Context, n node) error) error {
+	return c.doAuthedExplained(ctx, op, call, nil)
+}
+
+// doAuthedExplained is doAuthed that first asks explain (if set) whether a
+// 403 has a cause other than the token; an error from explain is returned
+// instead of logging in again.
+func (c *Client) doAuthedExplained(ctx context.Context, op string, call func(ctx context.Context, n node) error, explain func(ctx context.Context, denied error) error) error {
 	err := c.do(ctx, op, call)
 	if !IsPermissionDenied(err) {
 		return err
+	}
+	if explain != nil {
+		if xerr := explain(ctx, err); xerr != nil {
+			return xerr
+		}
 	}
 	c.mu.Lock()
 	reauth := c.reauth

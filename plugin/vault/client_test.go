@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,8 +16,9 @@ import (
 // Namespaces are a Vault Enterprise feature, so the real Vault in the
 // integration tests cannot show them; this shows the headers we send.
 type recorder struct {
-	mu   sync.Mutex
-	seen []string // "path ns=<namespace> token=<yes|no>"
+	mu      sync.Mutex
+	seen    []string // "path ns=<namespace> token=<yes|no>"
+	wrapped bool     // some request asked for response wrapping
 }
 
 func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -26,6 +28,7 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	r.seen = append(r.seen, req.URL.Path+" ns="+req.Header.Get("X-Vault-Namespace")+" token="+tok)
+	r.wrapped = r.wrapped || req.Header.Get("X-Vault-Wrap-TTL") != ""
 	r.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	switch {
@@ -72,18 +75,34 @@ func TestVaultEnvironmentIsIgnored(t *testing.T) {
 	rec := &recorder{}
 	srv := httptest.NewServer(rec)
 	defer srv.Close()
-	for k, v := range map[string]string{"VAULT_TOKEN": "from-env", "VAULT_NAMESPACE": "env-ns", "VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AGENT_ADDR": "http://127.0.0.1:1"} {
+	env := map[string]string{
+		"VAULT_TOKEN": "from-env", "VAULT_NAMESPACE": "env-ns", "VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AGENT_ADDR": "http://127.0.0.1:1",
+		// Each of these alone made api.NewClient fail (vault/api v1.23.0).
+		"VAULT_HEADERS": "{not json", "VAULT_SKIP_VERIFY": "maybe", "VAULT_RATE_LIMIT": "garbage", "VAULT_MAX_RETRIES": "many",
+		"VAULT_CLIENT_TIMEOUT": "soon", "VAULT_CACERT": "/nonexistent/ca.pem",
+		// Read at request time: every answer would come back wrapped.
+		"VAULT_WRAP_TTL": "5m",
+	}
+	for k, v := range env {
 		t.Setenv(k, v)
 	}
 	c, err := New(Config{Addresses: []string{srv.URL}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the environment broke the client: %v", err)
+	}
+	for k, v := range env {
+		if got := os.Getenv(k); got != v {
+			t.Fatalf("%s = %q after New, want %q: the environment was not restored", k, got, v)
+		}
 	}
 	if _, err := c.Transit("transit", "k").Encrypt(context.Background(), []byte("x")); err != nil {
 		t.Fatalf("Encrypt went elsewhere than the configured address: %v", err)
 	}
 	if got := rec.seen[0]; got != "/v1/transit/encrypt/k ns= token=no" {
 		t.Fatalf("request = %q: environment leaked into the client", got)
+	}
+	if rec.wrapped {
+		t.Fatal("the request asked for response wrapping: VAULT_WRAP_TTL leaked into the client")
 	}
 }
 

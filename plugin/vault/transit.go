@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 // Transit is one transit key on one mount.
 type Transit struct {
 	c    *Client
+	name string // "<mount>/<key>", for errors
 	base string // "<mount>/"
 	key  string // path-escaped key name
 }
@@ -24,9 +27,71 @@ type Transit struct {
 func (c *Client) Transit(mount, key string) *Transit {
 	return &Transit{
 		c:    c,
+		name: strings.Trim(mount, "/") + "/" + key,
 		base: strings.Trim(mount, "/") + "/",
 		key:  url.PathEscape(key),
 	}
+}
+
+// KeyNotFoundError says the transit key does not exist: it was deleted, or
+// never created.
+type KeyNotFoundError struct {
+	Key string // "<mount>/<key>"
+	Err error  // Vault's answer
+}
+
+func (e *KeyNotFoundError) Error() string {
+	return fmt.Sprintf("transit key %s not found (%v)", e.Key, e.Err)
+}
+
+func (e *KeyNotFoundError) Unwrap() error { return e.Err }
+
+// IsKeyNotFound reports whether err says the transit key does not exist.
+func IsKeyNotFound(err error) bool {
+	var nf *KeyNotFoundError
+	return errors.As(err, &nf)
+}
+
+// How Vault says a transit key is missing, checked against Vault v1.21.0
+// for a deleted key and for one never created, with the plugin's policy
+// (update on encrypt and decrypt, read on keys):
+//   - read keys/<key>:         404, no message;
+//   - decrypt/<key> (single or batch_input): 400 "encryption key not found";
+//   - encrypt/<key> (single or batch_input): 403 "permission denied", since
+//     encrypting to a missing key would create it, which needs "create";
+//     the plugin's token is fine, so a re-login cannot help (see
+//     explainDenied).
+const missingKeyMessage = "encryption key not found"
+
+// keyNotFound turns Vault's answers that mean "no such key" into a
+// KeyNotFoundError and returns other errors as they are.
+func (t *Transit) keyNotFound(err error) error {
+	var ve *Error
+	if !errors.As(err, &ve) {
+		return err
+	}
+	missing := ve.Status == http.StatusNotFound
+	for _, m := range ve.Errors {
+		missing = missing || (ve.Status == http.StatusBadRequest && strings.Contains(m, missingKeyMessage))
+	}
+	if missing {
+		return &KeyNotFoundError{Key: t.name, Err: err}
+	}
+	return err
+}
+
+// explainDenied is asked, before a re-login, why Vault refused a transit
+// encrypt with 403: when the key's metadata (which the token may read) is
+// missing too, the key is gone, not the token, and it says so.
+func (t *Transit) explainDenied(ctx context.Context, denied error) error {
+	err := t.c.do(ctx, "transit read key", func(ctx context.Context, n node) error {
+		resp, err := n.transit.Logical().ReadRawWithContext(ctx, t.base+"keys/"+t.key)
+		return decodeBody(resp, err, &struct{}{})
+	})
+	if IsNotFound(err) {
+		return &KeyNotFoundError{Key: t.name, Err: denied}
+	}
+	return nil
 }
 
 // KeyInfo is what the plugin needs to know about the transit key.
@@ -88,11 +153,11 @@ func (t *Transit) Encrypt(ctx context.Context, plaintext []byte) (string, error)
 	var out struct {
 		Ciphertext string `json:"ciphertext"`
 	}
-	err := t.c.doAuthed(ctx, "transit encrypt", func(ctx context.Context, n node) error {
+	err := t.c.doAuthedExplained(ctx, "transit encrypt", func(ctx context.Context, n node) error {
 		return post(ctx, n, t.base+"encrypt/"+t.key, struct {
 			Plaintext string `json:"plaintext"`
 		}{base64.StdEncoding.EncodeToString(plaintext)}, &out)
-	})
+	}, t.explainDenied)
 	if err != nil {
 		return "", err
 	}
@@ -113,7 +178,7 @@ func (t *Transit) Decrypt(ctx context.Context, ciphertext string) ([]byte, error
 		}{ciphertext}, &out)
 	})
 	if err != nil {
-		return nil, err
+		return nil, t.keyNotFound(err)
 	}
 	pt, err := base64.StdEncoding.DecodeString(out.Plaintext)
 	if err != nil {
@@ -135,7 +200,7 @@ func (t *Transit) ReadKey(ctx context.Context) (KeyInfo, error) {
 		return decode(resp, err, &out)
 	})
 	if err != nil {
-		return KeyInfo{}, err
+		return KeyInfo{}, t.keyNotFound(err)
 	}
 	if out.LatestVersion < 1 {
 		return KeyInfo{}, fmt.Errorf("transit read key: Vault reported latest_version %d", out.LatestVersion)
