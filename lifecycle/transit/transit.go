@@ -4,10 +4,9 @@
 //
 // Its settings are its Config and nothing else. api.NewClient reads VAULT_*
 // variables (VAULT_SKIP_VERIFY, VAULT_CACERT, VAULT_ADDR, VAULT_NAMESPACE,
-// VAULT_HEADERS, VAULT_TOKEN, VAULT_WRAP_TTL...); New builds the client so
-// none of them changes what it does: TLS verification stays on, the address,
-// namespace, headers and token are the Config's. A malformed value in one of
-// them can still make api.NewClient fail; New says so.
+// VAULT_HEADERS, VAULT_TOKEN, VAULT_WRAP_TTL...); New builds the client as
+// the sidecar does (vault.NewAPIClient), so none of them reaches it: TLS
+// verification stays on, the address, namespace and token are the Config's.
 package transit
 
 import (
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/vault"
 )
 
 // Config is how to reach Vault and which key to operate on.
@@ -129,8 +130,6 @@ func New(cfg Config) (*Client, error) {
 	}
 	// An explicit Config: api.DefaultConfig would apply VAULT_ADDR,
 	// VAULT_SKIP_VERIFY, VAULT_CACERT, VAULT_MAX_RETRIES and the like.
-	// NewClient still reads them into a default it only takes retry waits
-	// from.
 	apiCfg := &api.Config{
 		Address:    cfg.Address,
 		HttpClient: hc,
@@ -140,21 +139,14 @@ func New(cfg Config) (*Client, error) {
 	if err := apiCfg.ConfigureTLS(&api.TLSConfig{CACert: cfg.CAFile, TLSServerName: cfg.ServerName}); err != nil {
 		return nil, fmt.Errorf("vault TLS: %w", err)
 	}
-	c, err := api.NewClient(apiCfg)
+	c, err := vault.NewAPIClient(apiCfg)
 	if err != nil {
-		return nil, fmt.Errorf("build vault client (its library reads VAULT_* environment variables and refused one; kmsctl ignores them otherwise): %w", err)
+		return nil, fmt.Errorf("build vault client: %w", err)
 	}
-	// NewClient took VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS from
-	// the environment: replace all three with the Config's.
-	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
-	c.ClearNamespace()
 	if cfg.Namespace != "" {
 		c.SetNamespace(cfg.Namespace)
 	}
 	c.SetToken(cfg.Token)
-	// VAULT_WRAP_TTL would make Vault answer with a wrapping token instead
-	// of the key.
-	c.SetWrappingLookupFunc(func(string, string) string { return "" })
 	return &Client{api: c, addr: cfg.Address, mount: mount, name: name, timeout: cfg.Timeout}, nil
 }
 

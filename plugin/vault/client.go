@@ -134,20 +134,35 @@ func newHTTPClient(cfg Config) (*http.Client, error) {
 }
 
 func newAPIClient(addr string, hc *http.Client, namespace string) (*api.Client, error) {
+	c, err := NewAPIClient(&api.Config{
+		Address:    addr,
+		HttpClient: hc,
+		// Failover and retry are ours: the API server gives each call 3 s,
+		// which Vault's own backoff (1–1.5 s per retry) would mostly spend
+		// waiting on a node that is down.
+		MaxRetries: 0,
+		// No client timeout: with one, Logical().*Raw* cancel their context
+		// on return, before the caller reads the body ("context canceled").
+		// Every call carries a deadline instead (see do).
+		Timeout: 0,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if namespace != "" {
+		c.SetNamespace(namespace)
+	}
+	return c, nil
+}
+
+// NewAPIClient builds a vault/api client from cfg alone: no VAULT_*
+// variable of the process reaches it (token, namespace, headers, response
+// wrapping), and none, malformed or not, makes building it fail. Both the
+// sidecar and kmsctl's operator client build theirs with it.
+func NewAPIClient(cfg *api.Config) (*api.Client, error) {
 	var c *api.Client
 	err := withoutVaultEnv(func() (err error) {
-		c, err = api.NewClient(&api.Config{
-			Address:    addr,
-			HttpClient: hc,
-			// Failover and retry are ours: the API server gives each call 3 s,
-			// which Vault's own backoff (1–1.5 s per retry) would mostly spend
-			// waiting on a node that is down.
-			MaxRetries: 0,
-			// No client timeout: with one, Logical().*Raw* cancel their context
-			// on return, before the caller reads the body ("context canceled").
-			// Every call carries a deadline instead (see do).
-			Timeout: 0,
-		})
+		c, err = api.NewClient(cfg)
 		return err
 	})
 	if err != nil {
@@ -156,9 +171,6 @@ func newAPIClient(addr string, hc *http.Client, namespace string) (*api.Client, 
 	// Every request would otherwise ask for response wrapping when
 	// VAULT_WRAP_TTL is set, read at request time.
 	c.SetWrappingLookupFunc(func(string, string) string { return "" })
-	if namespace != "" {
-		c.SetNamespace(namespace)
-	}
 	return c, nil
 }
 
