@@ -17,13 +17,20 @@ type scanOptions struct {
 	etcd       scan.EtcdConfig
 	etcdPrefix string
 	resources  []string
-	// resourcesSet is whether --resources was given, so it can be refused
-	// beside --config instead of silently losing to it.
-	resourcesSet bool
+	// flags is where AddFlags registered the flags, so resourcesSet can ask
+	// whether --resources was given.
+	flags *pflag.FlagSet
+}
+
+// resourcesSet reports whether --resources was given, so it can be refused
+// beside --config instead of silently losing to it.
+func (o *scanOptions) resourcesSet() bool {
+	return o.flags != nil && o.flags.Changed("resources")
 }
 
 // AddFlags registers the flags; defaultResources is --resources' default.
 func (o *scanOptions) AddFlags(fs *pflag.FlagSet, defaultResources []string) {
+	o.flags = fs
 	fs.StringSliceVar(&o.etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, as kube-apiserver's --etcd-servers (required)")
 	fs.StringVar(&o.etcd.CACert, "etcd-cacert", "", "CA bundle that verifies etcd's serving certificate (kube-apiserver's --etcd-cafile)")
 	fs.StringVar(&o.etcd.Cert, "etcd-cert", "", "client certificate for etcd (kube-apiserver's --etcd-certfile)")
@@ -38,7 +45,7 @@ func (o *scanOptions) Validate(configGiven bool) error {
 	switch {
 	case len(o.etcd.Endpoints) == 0:
 		return errors.New("--etcd-endpoints is required")
-	case configGiven && o.resourcesSet:
+	case configGiven && o.resourcesSet():
 		return errors.New("--resources and --config are exclusive: --config takes encryption.resources from kms.yaml")
 	case !configGiven && len(o.resources) == 0:
 		return errors.New("--resources must name at least one resource")

@@ -94,14 +94,10 @@ Progress goes to stderr every 2 seconds; the report to stdout (-o table or
 json).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.resourcesSet = cmd.Flags().Changed("resources")
 			if err := o.Validate(); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
 			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return o.Run(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -131,7 +127,7 @@ func (o *migrateOptions) Validate() error {
 		return errors.New("--engine=svm is not implemented yet: use --engine=direct")
 	case o.engine != "direct":
 		return fmt.Errorf("--engine must be direct, not %q", o.engine)
-	case len(o.etcd.Endpoints) > 0 && !o.resourcesSet:
+	case len(o.etcd.Endpoints) > 0 && !o.resourcesSet():
 		return errors.New("--resources is required: name every resource the EncryptionConfiguration encrypts")
 	}
 	if err := o.scanOptions.Validate(false); err != nil {

@@ -33,7 +33,6 @@ func TestMigrateValidate(t *testing.T) {
 			if err := fs.Parse(tt.args); err != nil {
 				t.Fatal(err)
 			}
-			o.resourcesSet = fs.Changed("resources")
 			err := o.Validate()
 			switch {
 			case tt.want == "" && err != nil:

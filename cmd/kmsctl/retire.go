@@ -84,14 +84,10 @@ value; it needs the operator policy (vault-operator-policy.hcl from kmsctl
 render). Other VAULT_* variables are ignored: TLS is always verified.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.resourcesSet = cmd.Flags().Changed("resources")
 			if err := o.Validate(); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
 			return o.Run(ctx, cmd.OutOrStdout())
 		},
 	}
@@ -121,7 +117,7 @@ func (o *retireOptions) AddFlags(fs *pflag.FlagSet) {
 func (o *retireOptions) Validate() error {
 	configGiven := o.configPath != ""
 	if !o.undo {
-		if len(o.etcd.Endpoints) > 0 && !configGiven && !o.resourcesSet {
+		if len(o.etcd.Endpoints) > 0 && !configGiven && !o.resourcesSet() {
 			return errors.New("--resources or --config is required: retire must scan every resource the EncryptionConfiguration encrypts")
 		}
 		if err := o.scanOptions.Validate(configGiven); err != nil {

@@ -57,14 +57,10 @@ transit key's versions and min_decryption_version, and the verdict per
 version. -o json keeps its shape when they are added.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.resourcesSet = cmd.Flags().Changed("resources")
 			if err := o.Validate(); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
 			return o.Run(ctx, cmd.OutOrStdout())
 		},
 	}

@@ -54,11 +54,7 @@ docker config (docker login).`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
-			ctx, cancel := context.WithTimeout(ctx, o.timeout)
+			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
 			verified, err := v.Verify(ctx, args[0])
 			if err != nil {

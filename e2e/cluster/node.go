@@ -395,9 +395,9 @@ func waitFor(t testing.TB, timeout time.Duration, p *Process, what string, check
 	}
 }
 
-// httpGet returns the body of a 200 answer, else an error.
+// httpGet returns the body of a 200 answer, else an error with the body.
 func httpGet(url string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
+	c := http.Client{Timeout: 3 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {
 		return "", err

@@ -3,8 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -199,17 +197,11 @@ func (p *Plugin) WaitReady(timeout time.Duration) {
 func (p *Plugin) Metrics() (string, error) { return p.get("/metrics") }
 
 func (p *Plugin) get(path string) (string, error) {
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", p.MetricsPort, path))
+	body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", p.MetricsPort, path))
 	if err != nil {
-		return "", err
+		return body, fmt.Errorf("%s: %w", p.Name, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return string(b), fmt.Errorf("%s %s: %d %s", p.Name, path, resp.StatusCode, strings.TrimSpace(string(b)))
-	}
-	return string(b), nil
+	return body, nil
 }
 
 // KMS returns a KMSv2 client on the plugin's socket: the API server's own
