@@ -13,6 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export VAULT_BIN  := $(BIN)/vault
 export PLUGIN_BIN := $(BIN)/vault-kms-plugin
 export COSIGN_BIN := $(BIN)/cosign
+export ETCD_BIN   := $(BIN)/etcd
 
 .PHONY: build plugin vault kube-apiserver kubelet kube-controller-manager kubectl etcd node-packages cosign registry test check unit e2e fuzz demo demo-down bench clean image kmsctl manifests FORCE
 
@@ -142,7 +143,7 @@ check:
 	go vet ./...
 	cd e2e && go vet ./...
 
-unit: vault plugin cosign registry
+unit: vault plugin cosign registry etcd
 	@echo ">> unit and integration tests (real Vault at $(VAULT_BIN))"
 	go test -race -count=1 ./...
 
