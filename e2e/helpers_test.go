@@ -23,7 +23,9 @@ import (
 
 const namespace = "default"
 
-// keyIDPattern is the plugin's key_id: vault-transit:<mount>/<key>:v<N>:<hex>.
+// keyIDPattern is the plugin's key_id: vault-transit:<mount>/<key>:v<N>:<tag>,
+// the tag the version's creation time in decimal (-key-id-mode=metadata,
+// the default) or an HMAC fingerprint in hex (hmac); both fit [0-9a-f]+.
 var keyIDPattern = regexp.MustCompile(`^vault-transit:transit/kubernetes:v(\d+):[0-9a-f]+$`)
 
 func randomHex(n int) string {
@@ -129,7 +131,7 @@ func assertStoredEncrypted(t *testing.T, c *cluster.Cluster, name, plaintext str
 		t.Fatalf("secret %s: %v", name, err)
 	}
 	if !keyIDPattern.MatchString(stored.Object.KeyID) {
-		t.Fatalf("secret %s: stored key_id %q is not vault-transit:transit/kubernetes:v<N>:<hex>", name, stored.Object.KeyID)
+		t.Fatalf("secret %s: stored key_id %q is not vault-transit:transit/kubernetes:v<N>:<tag>", name, stored.Object.KeyID)
 	}
 	return stored
 }

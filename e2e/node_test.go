@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,7 +23,7 @@ import (
 // and the kubelet's probes acting on Vault trouble and a crashed plugin.
 func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	d := cluster.Deploy(t, cluster.DeployOptions{Progress: t.Logf})
-	api, ctx := d.APIServer, t.Context()
+	api := d.APIServer
 
 	mirror := d.WaitPluginPod(2*time.Minute, "Ready", cluster.PodReady)
 	if got := mirror.Spec.Containers[0].Image; got != d.Image {
@@ -32,11 +34,8 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	assertOwned(t, d.SocketDir, 0o750, 65532)
 	assertOwned(t, d.SecretIDPath, 0o400, 65532)
 
-	secrets := map[string]string{"through-the-pod": secretValue("through-the-pod")}
-	if err := tryCreateSecret(ctx, api, "through-the-pod", secrets["through-the-pod"]); err != nil {
-		t.Fatal(err)
-	}
-	assertStoredBy(t, d.Etcd, d.Provider, "through-the-pod", secrets["through-the-pod"])
+	secrets := map[string]string{}
+	createStoredBy(t, d, secrets, "through-the-pod")
 
 	t.Run("Vault not answering makes the pod not Ready, and Ready again after", func(t *testing.T) {
 		d.Vault.Pause()
@@ -70,11 +69,11 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 		api.Restart()
 		api.WaitReady(2 * time.Minute)
 		assertReads(t, api, secrets)
-		value := secretValue("after-restart")
-		if err := tryCreateSecret(ctx, api, "after-restart", value); err != nil {
-			t.Fatal(err)
-		}
-		assertStoredBy(t, d.Etcd, d.Provider, "after-restart", value)
+		createStoredBy(t, d, secrets, "after-restart")
+	})
+
+	t.Run("OpenShift's argument list in a native sidecar with its socket on an emptyDir serves the API server", func(t *testing.T) {
+		testOpenShiftStyleSidecar(t, d, secrets)
 	})
 
 	secretID := readFile(t, d.SecretIDPath)
@@ -110,4 +109,139 @@ func assertOwned(t *testing.T, path string, mode os.FileMode, uid uint32) {
 	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != mode || st.Uid != uid {
 		t.Fatalf("%s: mode %v owner %d, want %v owned by %d", path, fi.Mode().Perm(), st.Uid, mode, uid)
 	}
+}
+
+// testOpenShiftStyleSidecar runs the plugin the way OpenShift's KMS plugin
+// lifecycle does (openshift/library-go
+// pkg/operator/encryption/kms/pluginlifecycle/vault.go): a native sidecar
+// (an init container with restartPolicy: Always) of the kube-apiserver pod,
+// exactly OpenShift's argument list, the socket on an emptyDir, and the
+// Vault policy vault-setup.sh wrote, HashiCorp's documented minimum. The pod's
+// main container stands in for kube-apiserver, which runs on the host here
+// and reaches the emptyDir the kubelet made; it is pointed at the sidecar's
+// socket under the provider name it already uses (same key), so it reads
+// everything written before and writes through the sidecar.
+func testOpenShiftStyleSidecar(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
+	api := d.APIServer
+	policy := readFile(t, filepath.Join(d.RenderedDir, "vault-policy.hcl"))
+	if strings.Contains(policy, "/hmac/") {
+		t.Fatalf("the rendered policy grants more than HashiCorp's minimum (encrypt, decrypt, read the key):\n%s", policy)
+	}
+	// OpenShift always passes -tls-ca-file and -tls-sni; the e2e's Vault is
+	// plain HTTP on loopback, so they are accepted and unused here (TLS with
+	// exactly these flags is covered by plugin/'s TestOpenShiftsExactArgumentListOverTLS).
+	caPEM, err := os.ReadFile(d.PKI.CA.CertPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d.CredDir, "vault-ca.pem"), caPEM, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{
+		"-listen-address=unix:///var/run/kmsplugin/kms.sock",
+		"-vault-address=" + d.Vault.Addr,
+		"-vault-key-path=transit/keys/kubernetes",
+		"-approle-role-id=" + d.RoleID,
+		"-approle-secret-id-path=/etc/vault-kms/secret-id",
+		"-tls-ca-file=/etc/vault-kms/vault-ca.pem",
+		"-tls-sni=vault.openshift.internal",
+		"-vault-namespace=",
+		"-vault-auth-namespace=",
+		"-metrics-port=0",
+	}
+	var argLines strings.Builder
+	for _, a := range args {
+		fmt.Fprintf(&argLines, "    - %q\n", a)
+	}
+	manifest := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-apiserver-openshift-style
+  namespace: kube-system
+spec:
+  hostNetwork: true
+  initContainers:
+  - name: vault-kms-plugin
+    image: %s
+    restartPolicy: Always
+    args:
+%s    securityContext:
+      runAsUser: 65532
+      runAsGroup: 65532
+      runAsNonRoot: true
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+      seccompProfile: {type: RuntimeDefault}
+    volumeMounts:
+    - {name: kms-socket, mountPath: /var/run/kmsplugin}
+    - {name: vault-kms, mountPath: /etc/vault-kms, readOnly: true}
+  containers:
+  - name: kube-apiserver
+    image: %s
+    volumeMounts:
+    - {name: kms-socket, mountPath: /var/run/kmsplugin}
+  volumes:
+  - {name: kms-socket, emptyDir: {}}
+  - {name: vault-kms, hostPath: {path: %s, type: Directory}}
+`, d.Image, argLines.String(), d.PauseImage, d.CredDir)
+	d.Node.AddStaticPod("kube-apiserver-openshift-style.yaml", []byte(manifest))
+
+	var sockDir string
+	found := waitFor(3*time.Minute, func() bool {
+		for _, dir := range d.Node.EmptyDirs("kms-socket") {
+			if _, err := os.Stat(filepath.Join(dir, "kms.sock")); err == nil {
+				sockDir = dir
+				return true
+			}
+		}
+		return false
+	})
+	if !found {
+		t.Fatalf("no socket on the sidecar's emptyDir after 3 minutes; kubelet log:\n%s", d.Node.Kubelet.LogTail(30))
+	}
+	// The kubelet's path is longer than a unix socket address may be (108
+	// bytes); a short symlink to the directory reaches the same socket.
+	link := filepath.Join(t.TempDir(), "kms")
+	if err := os.Symlink(sockDir, link); err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "unix://" + link + "/kms.sock"
+	cluster.WaitKMSStatusOK(t, endpoint, 2*time.Minute, d.Node.Kubelet)
+	mirror := d.Node.WaitMirrorPod(api, "kube-system", "kube-apiserver-openshift-style", 2*time.Minute, "sidecar started",
+		func(p *corev1.Pod) bool {
+			return len(p.Status.InitContainerStatuses) == 1 && p.Status.InitContainerStatuses[0].Started != nil && *p.Status.InitContainerStatuses[0].Started
+		})
+	t.Logf("sidecar %s started; socket %s", mirror.Status.InitContainerStatuses[0].Name, filepath.Join(sockDir, "kms.sock"))
+
+	enc, err := os.ReadFile(api.EncryptionConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(enc), d.Endpoint) {
+		t.Fatalf("the API server's EncryptionConfiguration does not name %s:\n%s", d.Endpoint, enc)
+	}
+	if err := os.WriteFile(api.EncryptionConfigPath, []byte(strings.ReplaceAll(string(enc), d.Endpoint, endpoint)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A restart starts with no DEK cache: every read below goes through
+	// the sidecar.
+	api.Restart()
+	api.WaitReady(2 * time.Minute)
+	assertReads(t, api, secrets)
+	createStoredBy(t, d, secrets, "through-the-sidecar")
+	assertReads(t, api, secrets)
+}
+
+// createStoredBy creates Secret name through the deployment's API server,
+// checks etcd holds it under the deployment's provider, and adds it to
+// secrets for later reads.
+func createStoredBy(t *testing.T, d *cluster.Deployment, secrets map[string]string, name string) {
+	t.Helper()
+	value := secretValue(name)
+	if err := tryCreateSecret(t.Context(), d.APIServer, name, value); err != nil {
+		t.Fatal(err)
+	}
+	assertStoredBy(t, d.Etcd, d.Provider, name, value)
+	secrets[name] = value
 }

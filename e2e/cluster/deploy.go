@@ -30,6 +30,9 @@ type Deployment struct {
 	Registry *registrytest.Registry
 	// Image is what kmsctl verify-image printed: repo@sha256:<index digest>.
 	Image string
+	// PauseImage is the node's sandbox image, also a container that does
+	// nothing.
+	PauseImage string
 	// CosignPub is the public key the image was signed for.
 	CosignPub string
 	// ConfigPath is the kms.yaml the deployment was rendered from, and
@@ -39,7 +42,11 @@ type Deployment struct {
 	// EncryptionConfiguration.
 	Provider, Endpoint string
 	SocketDir          string
-	SecretIDPath       string
+	// CredDir holds the role ID and secret ID that vault-setup.sh wrote;
+	// SecretIDPath is the secret ID's file in it, RoleID the role ID.
+	CredDir      string
+	SecretIDPath string
+	RoleID       string
 	// MetricsPort is the plugin's /metrics, /livez and /readyz port.
 	MetricsPort int
 	// PodName is the static pod's name; its mirror pod is PodName-<node>.
@@ -70,7 +77,7 @@ func Deploy(t testing.TB, opts DeployOptions) *Deployment {
 	d.Vault = vaulttest.StartDev(t)
 	d.Registry = registrytest.Start(t)
 	say("pushing the pause image and the plugin image from `make image` to %s", d.Registry.Host)
-	pause := PushPauseImage(t, d.Registry.Host)
+	d.PauseImage = PushPauseImage(t, d.Registry.Host)
 	pushed := PushPluginImage(t, d.Registry.Host+"/vault-kms-plugin")
 
 	// Sign the index digest as a release pipeline would; kmsctl resolves the
@@ -102,9 +109,10 @@ func Deploy(t testing.TB, opts DeployOptions) *Deployment {
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
 	d.SocketDir = filepath.Join(base, "kmsplugin")
-	credDir := filepath.Join(base, "vault-kms")
-	d.SecretIDPath = filepath.Join(credDir, "secret-id")
-	if err := os.MkdirAll(credDir, 0o755); err != nil {
+	d.CredDir = filepath.Join(base, "vault-kms")
+	d.SecretIDPath = filepath.Join(d.CredDir, "secret-id")
+	d.RoleID = "e2e-node-role-id"
+	if err := os.MkdirAll(d.CredDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	d.MetricsPort = vaulttest.FreePort(t)
@@ -119,7 +127,7 @@ vault:
   authentication:
     type: AppRole
     appRole:
-      roleID: e2e-node-role-id
+      roleID: %s
       secretIDPath: %s
 node:
   socketDir: %s
@@ -127,7 +135,7 @@ node:
 encryption:
   resources: [secrets]
   allowUnencrypted: true
-`, d.Image, d.Vault.Addr, d.SecretIDPath, d.SocketDir, d.MetricsPort)
+`, d.Image, d.Vault.Addr, d.RoleID, d.SecretIDPath, d.SocketDir, d.MetricsPort)
 	work := t.TempDir()
 	d.ConfigPath = filepath.Join(work, "kms.yaml")
 	if err := os.WriteFile(d.ConfigPath, []byte(config), 0o644); err != nil {
@@ -163,7 +171,7 @@ encryption:
 		Name:               "cp-1",
 		APIServerURL:       fmt.Sprintf("https://127.0.0.1:%d", apiPort),
 		PKI:                d.PKI,
-		SandboxImage:       pause,
+		SandboxImage:       d.PauseImage,
 		InsecureRegistries: []string{d.Registry.Host},
 	})
 	say("copying the rendered static pod into the kubelet's manifest directory")

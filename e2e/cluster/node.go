@@ -233,6 +233,13 @@ func (n *Node) WaitMirrorPod(a *APIServer, namespace, podName string, timeout ti
 	}
 }
 
+// EmptyDirs returns the host directories of the emptyDir volumes named
+// volume of every pod on the node.
+func (n *Node) EmptyDirs(volume string) []string {
+	dirs, _ := filepath.Glob(filepath.Join(n.kubeletRoot, "pods", "*", "volumes", "kubernetes.io~empty-dir", volume))
+	return dirs
+}
+
 // PodReady reports the pod's Ready condition.
 func PodReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {

@@ -70,7 +70,7 @@ type Stored struct {
 	// KeyID is the KMSv2 key_id (ClassKMSv2 only).
 	KeyID string
 	// TransitKey is "<mount>/<key>" when KeyID has this plugin's form
-	// (vault-transit:<mount>/<key>:v<N>:<hex>), else empty.
+	// (vault-transit:<mount>/<key>:v<N>:<hex HMAC or decimal creation time>), else empty.
 	TransitKey string
 	// TransitVersion is N of the "vault:v<N>:" prefix of the encrypted DEK
 	// source: the transit key version Vault needs to unwrap it. 0 means
@@ -157,8 +157,10 @@ func transitVersionOf(src []byte) int {
 	return parseVersion(string(num))
 }
 
-// transitKeyOf returns "<mount>/<key>" of a key_id of this plugin's form,
-// vault-transit:<mount>/<key>:v<N>:<hex>, or "" for any other key_id. It
+// transitKeyOf returns "<mount>/<key>" of a key_id of this plugin's forms,
+// vault-transit:<mount>/<key>:v<N>:<suffix>, where suffix is hex (the HMAC
+// fingerprint of -key-id-mode=hmac) or decimal (the version's creation time
+// in unix seconds, the default mode), or "" for any other key_id. It
 // parses from the right because mount and key names may contain ':'. The
 // sidecar's own parser lives in plugin/; the lifecycle shares no code with
 // it, only the format.

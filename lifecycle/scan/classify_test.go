@@ -57,6 +57,11 @@ func TestClassify(t *testing.T) {
 			want:  Stored{Class: ClassKMSv2, Provider: testProvider, KeyID: "vault-transit:a:b/k:v2:ff", TransitKey: "a:b/k", TransitVersion: 2, DEKSourceType: "HKDF_SHA256_XNONCE_AES_GCM_SEED"},
 		},
 		{
+			name:  "key_id of the default metadata mode (creation time) => parsed",
+			value: kmsv2Value(testProvider, "vault-transit:transit/kubernetes:v3:1795459705", dekSource(3)),
+			want:  Stored{Class: ClassKMSv2, Provider: testProvider, KeyID: "vault-transit:transit/kubernetes:v3:1795459705", TransitKey: "transit/kubernetes", TransitVersion: 3, DEKSourceType: "HKDF_SHA256_XNONCE_AES_GCM_SEED"},
+		},
+		{
 			name:  "DEK source version with a leading zero => unknown version",
 			value: kmsv2Value(testProvider, keyID(1), "vault:v01:abc"),
 			want:  Stored{Class: ClassKMSv2, Provider: testProvider, KeyID: keyID(1), TransitKey: "transit/kubernetes", DEKSourceType: "HKDF_SHA256_XNONCE_AES_GCM_SEED"},
