@@ -78,16 +78,46 @@ const keyIDPrefix = "vault-transit:"
 // 1024 bytes.
 const maxKeyName = 512
 
-// keyID names one version of one transit key for the API server. It reads
+// A key_id names one version of one transit key for the API server. Both
+// forms read
 //
-//	vault-transit:<mount>/<key>:v<N>:<fingerprint>
+//	vault-transit:<mount>/<key>:v<N>:<tag>
 //
-// where fingerprint is the start of the transit HMAC of a fixed label under
-// version N. The HMAC depends on the version's key material, so a key that
-// is deleted and re-created under the same name gets new key_ids, and it
-// reveals nothing about the key.
-func keyID(mount, key string, version int, fingerprint []byte) string {
-	return fmt.Sprintf("%s%s/%s:v%d:%s", keyIDPrefix, strings.Trim(mount, "/"), key, version, hex.EncodeToString(fingerprint))
+// and differ in the tag, chosen by Config.KeyIDMode:
+//
+//   - metadata (the default): the version's creation time in unix seconds,
+//     in decimal, as "read" on <mount>/keys/<key> reports it, for example
+//     vault-transit:transit/kubernetes:v3:1795459163. Every node reads the
+//     same record, so every node and every restart derives the same key_id,
+//     with nothing beyond HashiCorp's minimum policy. A key deleted and
+//     re-created under the same name gets new key_ids, unless it is
+//     re-created within the same second as the version it replaces.
+//   - hmac: the first 10 bytes of the transit HMAC of a fixed label under
+//     version N, in hex, for example
+//     vault-transit:transit/kubernetes:v3:3f1c0a9be27d5c4410aa. It depends
+//     on the key material itself, so no two keys ever share a key_id, at the
+//     price of "update" on <mount>/hmac/<key>.
+//
+// Both tags use only the characters 0-9a-f, and the HMAC tag is always 20
+// of them while the creation time has 10 until the year 2286, so the forms
+// never collide. Staying within 0-9a-f matters beyond this package: kmsctl's
+// etcd scan (lifecycle/scan) and the e2e suite parse key_ids as
+// vault-transit:<mount>/<key>:v<N>:<hex>, and an object whose key_id the
+// scan cannot read is not counted as needing its key version.
+
+// hmacKeyID is the hmac form of the key_id of version of mount/key.
+func hmacKeyID(mount, key string, version int, fingerprint []byte) string {
+	return formatKeyID(mount, key, version, hex.EncodeToString(fingerprint))
+}
+
+// metadataKeyID is the metadata form of the key_id of version of mount/key,
+// created at the given unix second.
+func metadataKeyID(mount, key string, version int, created int64) string {
+	return formatKeyID(mount, key, version, strconv.FormatInt(created, 10))
+}
+
+func formatKeyID(mount, key string, version int, tag string) string {
+	return fmt.Sprintf("%s%s/%s:v%d:%s", keyIDPrefix, strings.Trim(mount, "/"), key, version, tag)
 }
 
 // parsedKeyID is the part of a key_id this plugin relies on.
@@ -96,8 +126,10 @@ type parsedKeyID struct {
 	version int
 }
 
-// parseKeyID parses a key_id issued by keyID; ok is false for key_ids of any
+// parseKeyID parses a key_id of either form; ok is false for key_ids of any
 // other format (for example written by another plugin before a migration).
+// It accepts both forms whatever the plugin's mode, so the consistency
+// check in Decrypt covers every key_id the plugin has ever issued.
 func parseKeyID(id string) (parsedKeyID, bool) {
 	rest, ok := strings.CutPrefix(id, keyIDPrefix)
 	if !ok {
@@ -105,10 +137,7 @@ func parseKeyID(id string) (parsedKeyID, bool) {
 	}
 	// Parse from the right: mount and key names may contain ':'.
 	i := strings.LastIndexByte(rest, ':')
-	if i < 0 {
-		return parsedKeyID{}, false
-	}
-	if _, err := hex.DecodeString(rest[i+1:]); err != nil || i+1 == len(rest) {
+	if i < 0 || !isKeyIDTag(rest[i+1:]) {
 		return parsedKeyID{}, false
 	}
 	rest = rest[:i]
@@ -121,6 +150,23 @@ func parseKeyID(id string) (parsedKeyID, bool) {
 		return parsedKeyID{}, false
 	}
 	return parsedKeyID{name: rest[:j], version: v}, true
+}
+
+// isKeyIDTag reports whether tag is a fingerprint in hex (whole bytes, as
+// every plugin version has written it) or a creation time in decimal.
+func isKeyIDTag(tag string) bool {
+	if tag == "" {
+		return false
+	}
+	if _, err := hex.DecodeString(tag); err == nil {
+		return true
+	}
+	for _, c := range tag {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // fingerprintLabel is the fixed input whose HMAC fingerprints a key version.

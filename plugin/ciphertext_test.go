@@ -50,13 +50,28 @@ func TestKeyIDRoundTrip(t *testing.T) {
 		name       string
 		mount, key string
 		version    int
+		form       func(mount, key string, version int) string
+		want       string
 	}{
-		{name: "plain names round trip", mount: "transit", key: "kubernetes", version: 3},
-		{name: "nested mount and colon in key round trip", mount: "/kms/transit/", key: "a:b", version: 12},
+		{name: "hmac form, plain names => round trip", mount: "transit", key: "kubernetes", version: 3,
+			form: func(m, k string, v int) string { return hmacKeyID(m, k, v, []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) },
+			want: "vault-transit:transit/kubernetes:v3:0102030405060708090a"},
+		{name: "metadata form, plain names => round trip", mount: "transit", key: "kubernetes", version: 3,
+			form: func(m, k string, v int) string { return metadataKeyID(m, k, v, 1795459163) },
+			want: "vault-transit:transit/kubernetes:v3:1795459163"},
+		{name: "hmac form, nested mount and colon in key => round trip", mount: "/kms/transit/", key: "a:b", version: 12,
+			form: func(m, k string, v int) string { return hmacKeyID(m, k, v, []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) },
+			want: "vault-transit:kms/transit/a:b:v12:0102030405060708090a"},
+		{name: "metadata form, nested mount and colon in key => round trip", mount: "/kms/transit/", key: "a:b", version: 12,
+			form: func(m, k string, v int) string { return metadataKeyID(m, k, v, 1795459163) },
+			want: "vault-transit:kms/transit/a:b:v12:1795459163"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id := keyID(tt.mount, tt.key, tt.version, []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+			id := tt.form(tt.mount, tt.key, tt.version)
+			if id != tt.want {
+				t.Fatalf("key_id = %q, want %q", id, tt.want)
+			}
 			got, ok := parseKeyID(id)
 			if !ok {
 				t.Fatalf("parseKeyID(%q) not ours", id)
@@ -73,6 +88,7 @@ func TestParseKeyIDRejectsForeignFormats(t *testing.T) {
 	for _, id := range []string{
 		"", "1", "vault-transit:", "vault-transit:transit/k:v1:", "vault-transit:transit/k:1:abcd",
 		"vault-transit:transit/k:v0:abcd", "vault-transit:transit/k:v1:xyz", "other:transit/k:v1:abcd",
+		"vault-transit:transit/k:v1:-1795459163", "vault-transit:transit/k:v1:17954591.3", "vault-transit:transit/k:v1:abc",
 	} {
 		if got, ok := parseKeyID(id); ok {
 			t.Errorf("parseKeyID(%q) = %+v, want not ours", id, got)
@@ -116,14 +132,17 @@ func FuzzParseCiphertext(f *testing.F) {
 func FuzzParseKeyID(f *testing.F) {
 	f.Add("vault-transit:transit/kubernetes:v1:00112233445566778899", "transit", "k", 1)
 	f.Add("vault-transit:a:b:v2:ff", "a:b", "c:d", 7)
+	f.Add("vault-transit:transit/kubernetes:v3:1795459163", "transit", "kubernetes", 3)
 	f.Fuzz(func(t *testing.T, id, mount, key string, version int) {
 		parseKeyID(id)
 		if version < 1 || version > 999999999 || strings.Trim(mount, "/") != mount || mount == "" {
 			return
 		}
-		got, ok := parseKeyID(keyID(mount, key, version, []byte{0xab}))
-		if !ok || got.version != version || got.name != mount+"/"+key {
-			t.Fatalf("keyID(%q, %q, %d) parsed back as %+v, %v", mount, key, version, got, ok)
+		for _, id := range []string{hmacKeyID(mount, key, version, []byte{0xab}), metadataKeyID(mount, key, version, 1795459163)} {
+			got, ok := parseKeyID(id)
+			if !ok || got.version != version || got.name != mount+"/"+key {
+				t.Fatalf("key_id %q of (%q, %q, %d) parsed back as %+v, %v", id, mount, key, version, got, ok)
+			}
 		}
 	})
 }

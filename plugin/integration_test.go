@@ -1,3 +1,5 @@
+//go:build integration
+
 package plugin_test
 
 import (
@@ -7,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +24,8 @@ import (
 	aestransformer "k8s.io/apiserver/pkg/storage/value/encrypt/aes"
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
 	kmsservice "k8s.io/kms/pkg/service"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
 // These tests run the real plugin binary against a real Vault, driven by the
@@ -108,29 +113,55 @@ func TestRotationIsSeenWithinOneRefreshInterval(t *testing.T) {
 }
 
 func TestRecreatedKeyNeverReusesAKeyID(t *testing.T) {
-	r := newRig(t, rigOptions{})
-	before := r.status().KeyID
+	tests := []struct {
+		name string
+		o    rigOptions
+		// sameSecond says whether a re-creation within the second the old
+		// version was created is told apart (the metadata form's limit).
+		sameSecond bool
+	}{
+		{name: "metadata mode => new key_id", o: rigOptions{}}, // re-created a second later
+		{name: "hmac mode => new key_id", sameSecond: true,
+			o: rigOptions{policy: vaulttest.PolicyHMAC(mount, key), extraArgs: []string{"-key-id-mode=hmac"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, tt.o)
+			before := r.status().KeyID
+			if !tt.sameSecond {
+				// The metadata form's tag is v1's creation second.
+				created, err := strconv.ParseInt(before[strings.LastIndexByte(before, ':')+1:], 10, 64)
+				if err != nil {
+					t.Fatalf("key_id %q: %v", before, err)
+				}
+				for time.Now().Unix() <= created {
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
 
-	c := r.vault.Client.Logical()
-	if _, err := c.Write(mount+"/keys/"+key+"/config", map[string]any{"deletion_allowed": true}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Delete(mount + "/keys/" + key); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write(mount+"/keys/"+key, map[string]any{"type": "aes256-gcm96"}); err != nil {
-		t.Fatal(err)
-	}
-	// Same name, same version number, different key material.
-	resp, err := r.client.Encrypt(context.Background(), "uid", []byte("seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(resp.KeyID, ":v1:") {
-		t.Fatalf("key_id %q, want version 1", resp.KeyID)
-	}
-	if resp.KeyID == before {
-		t.Fatalf("re-created key got the old key_id %q", before)
+			c := r.vault.Client.Logical()
+			if _, err := c.Write(mount+"/keys/"+key+"/config", map[string]any{"deletion_allowed": true}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Delete(mount + "/keys/" + key); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(mount+"/keys/"+key, map[string]any{"type": "aes256-gcm96"}); err != nil {
+				t.Fatal(err)
+			}
+			// Same name, same version number, different key material: Encrypt
+			// must not wait for a refresh to tell.
+			resp, err := r.client.Encrypt(context.Background(), "uid", []byte("seed"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(resp.KeyID, ":v1:") {
+				t.Fatalf("key_id %q, want version 1", resp.KeyID)
+			}
+			if resp.KeyID == before {
+				t.Fatalf("re-created key got the old key_id %q", before)
+			}
+		})
 	}
 }
 

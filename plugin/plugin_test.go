@@ -25,7 +25,10 @@ type fakeTransit struct {
 	encryptErr error
 	decryptErr error
 	readErr    error
+	hmacErr    error
 	hmacCalls  int
+	readCalls  int
+	keyType    string // "" is aes256-gcm96
 }
 
 func (f *fakeTransit) Encrypt(_ context.Context, pt []byte) (string, error) {
@@ -48,16 +51,33 @@ func (f *fakeTransit) Decrypt(_ context.Context, ct string) ([]byte, error) {
 	return b[28:], nil
 }
 
+// created is the fake's creation time of a key version.
+func created(v int) int64 { return 1795459100 + int64(v) }
+
 func (f *fakeTransit) ReadKey(context.Context) (vault.KeyInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return vault.KeyInfo{LatestVersion: f.version, LatestCreated: fmt.Sprint(1700000000 + f.version)}, f.readErr
+	f.readCalls++
+	if f.readErr != nil {
+		return vault.KeyInfo{}, f.readErr
+	}
+	info := vault.KeyInfo{LatestVersion: f.version, Type: "aes256-gcm96", SupportsEncryption: true, SupportsDecryption: true, Created: map[int]int64{}}
+	if f.keyType != "" {
+		info.Type, info.SupportsEncryption, info.SupportsDecryption = f.keyType, false, false
+	}
+	for v := 1; v <= f.version; v++ {
+		info.Created[v] = created(v)
+	}
+	return info, nil
 }
 
 func (f *fakeTransit) HMAC(_ context.Context, v int, _ []byte) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hmacCalls++
+	if f.hmacErr != nil {
+		return "", f.hmacErr
+	}
 	sum := make([]byte, 32)
 	sum[0] = byte(v)
 	return fmt.Sprintf("vault:v%d:%s", v, base64.StdEncoding.EncodeToString(sum)), nil
@@ -71,8 +91,13 @@ func (f *fakeTransit) rotate() {
 
 func newTestPlugin(t *testing.T) (*Plugin, *fakeTransit) {
 	t.Helper()
+	return newTestPluginMode(t, "")
+}
+
+func newTestPluginMode(t *testing.T, mode KeyIDMode) (*Plugin, *fakeTransit) {
+	t.Helper()
 	ft := &fakeTransit{version: 1}
-	return New(ft, Config{Mount: "transit", Key: "k", RefreshInterval: time.Second}), ft
+	return New(ft, Config{Mount: "transit", Key: "k", RefreshInterval: time.Second, KeyIDMode: mode}), ft
 }
 
 func TestStatusBeforeFirstRefreshIsNotOK(t *testing.T) {
@@ -84,38 +109,65 @@ func TestStatusBeforeFirstRefreshIsNotOK(t *testing.T) {
 }
 
 func TestEncryptKeyIDFollowsCiphertextVersion(t *testing.T) {
+	for _, tc := range []struct {
+		mode   KeyIDMode
+		v1, v2 string
+	}{
+		{mode: KeyIDMetadata, v1: "vault-transit:transit/k:v1:1795459101", v2: "vault-transit:transit/k:v2:1795459102"},
+		{mode: KeyIDHMAC, v1: "vault-transit:transit/k:v1:01000000000000000000", v2: "vault-transit:transit/k:v2:02000000000000000000"},
+	} {
+		t.Run(string(tc.mode)+" mode => Encrypt and Status name the version that encrypted", func(t *testing.T) {
+			ctx := context.Background()
+			p, ft := newTestPluginMode(t, tc.mode)
+			if err := p.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			st, _ := p.Status(ctx)
+			if st.Healthz != "ok" || st.KeyID != tc.v1 {
+				t.Fatalf("Status = %+v, want ok and key_id %q", st, tc.v1)
+			}
+
+			// Rotated between Status and Encrypt: Encrypt must name v2, and
+			// Status must follow at once so the two agree.
+			ft.rotate()
+			resp, err := p.Encrypt(ctx, "uid", []byte("seed"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(string(resp.Ciphertext), "vault:v2:") || resp.KeyID != tc.v2 {
+				t.Fatalf("Encrypt after rotation = %q key_id %q, want v2 and %q", resp.Ciphertext, resp.KeyID, tc.v2)
+			}
+			st, _ = p.Status(ctx)
+			if st.KeyID != resp.KeyID {
+				t.Fatalf("Status key_id %q != Encrypt key_id %q", st.KeyID, resp.KeyID)
+			}
+			if p.KeyVersion() != 2 {
+				t.Fatalf("KeyVersion = %d, want 2", p.KeyVersion())
+			}
+		})
+	}
+}
+
+func TestMetadataModeNeverCallsHMAC(t *testing.T) {
 	ctx := context.Background()
 	p, ft := newTestPlugin(t)
-	if err := p.Refresh(ctx); err != nil {
-		t.Fatal(err)
+	ft.hmacErr = &vault.Error{Status: 403, Errors: []string{"permission denied"}}
+	for i := 0; i < 3; i++ {
+		if err := p.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Encrypt(ctx, "uid", []byte("seed")); err != nil {
+			t.Fatal(err)
+		}
 	}
-	st, _ := p.Status(ctx)
-	if st.Healthz != "ok" || !strings.Contains(st.KeyID, ":v1:") {
-		t.Fatalf("Status = %+v", st)
-	}
-
-	// Rotated between Status and Encrypt: Encrypt must name v2, and Status
-	// must follow at once so the two agree.
-	ft.rotate()
-	resp, err := p.Encrypt(ctx, "uid", []byte("seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(string(resp.Ciphertext), "vault:v2:") || !strings.Contains(resp.KeyID, ":v2:") {
-		t.Fatalf("Encrypt after rotation = %q key_id %q, want v2 for both", resp.Ciphertext, resp.KeyID)
-	}
-	st, _ = p.Status(ctx)
-	if st.KeyID != resp.KeyID {
-		t.Fatalf("Status key_id %q != Encrypt key_id %q", st.KeyID, resp.KeyID)
-	}
-	if p.KeyVersion() != 2 {
-		t.Fatalf("KeyVersion = %d, want 2", p.KeyVersion())
+	if ft.hmacCalls != 0 {
+		t.Fatalf("HMAC called %d times in metadata mode", ft.hmacCalls)
 	}
 }
 
 func TestRefreshFingerprintsOncePerKeyVersion(t *testing.T) {
 	ctx := context.Background()
-	p, ft := newTestPlugin(t)
+	p, ft := newTestPluginMode(t, KeyIDHMAC)
 	for i := 0; i < 5; i++ {
 		if err := p.Refresh(ctx); err != nil {
 			t.Fatal(err)
@@ -195,6 +247,13 @@ func TestErrorCodes(t *testing.T) {
 			decryptErr: &vault.KeyNotFoundError{Key: "transit/k", Err: &vault.Error{Status: 400, Errors: []string{"encryption key not found"}}}, want: codes.FailedPrecondition},
 		{name: "Vault 403 => Unavailable", ciphertext: good,
 			decryptErr: &vault.Error{Status: 403, Errors: []string{"permission denied"}}, want: codes.Unavailable},
+		{name: "transit key missing, batch decrypt's 400 => FailedPrecondition", ciphertext: good,
+			decryptErr: &vault.Error{Status: 400, Errors: []string{"encryption key not found"}}, want: codes.FailedPrecondition},
+		{name: "key type cannot decrypt => FailedPrecondition", ciphertext: good,
+			decryptErr: &vault.Error{Status: 400, Errors: []string{"message decryption not supported for key type ed25519"}}, want: codes.FailedPrecondition},
+		{name: "hmac-form key_id of this version => Vault decides", ciphertext: good, keyID: "vault-transit:transit/k:v1:00112233445566778899", want: codes.OK},
+		{name: "metadata-form key_id of this version => Vault decides", ciphertext: good, keyID: "vault-transit:transit/k:v1:1795459101", want: codes.OK},
+		{name: "metadata-form key_id of another version => InvalidArgument", ciphertext: good, keyID: "vault-transit:transit/k:v2:1795459102", want: codes.InvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,5 +284,114 @@ func TestCallerDeadlineKeepsItsCode(t *testing.T) {
 	<-ctx.Done()
 	if _, err := p.Encrypt(ctx, "uid", []byte("x")); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("Encrypt after deadline = %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestRefreshRoundTripReportsTheFailingOperation(t *testing.T) {
+	denied := &vault.Error{Op: "transit decrypt", Addr: "http://127.0.0.1:8200", Status: 403, Errors: []string{"permission denied"}}
+	tests := []struct {
+		name string
+		set  func(ft *fakeTransit, err error)
+		err  *vault.Error
+		want string
+	}{
+		{name: "decrypt refused => healthz names decrypt, its policy path and Vault's answer",
+			set:  func(ft *fakeTransit, err error) { ft.decryptErr = err },
+			err:  denied,
+			want: `decrypt with transit/k: the token's policy must grant "update" on transit/decrypt/k: transit decrypt at http://127.0.0.1:8200: Vault answered 403: permission denied`},
+		{name: "encrypt refused => healthz names encrypt, its policy path and Vault's answer",
+			set:  func(ft *fakeTransit, err error) { ft.encryptErr = err },
+			err:  &vault.Error{Op: "transit encrypt", Addr: "http://127.0.0.1:8200", Status: 403, Errors: []string{"permission denied"}},
+			want: `encrypt with transit/k: the token's policy must grant "update" on transit/encrypt/k: transit encrypt at http://127.0.0.1:8200: Vault answered 403: permission denied`},
+		{name: "Vault 500 on encrypt => healthz names encrypt and Vault's answer",
+			set:  func(ft *fakeTransit, err error) { ft.encryptErr = err },
+			err:  &vault.Error{Op: "transit encrypt", Addr: "http://127.0.0.1:8200", Status: 500, Errors: []string{"internal error"}},
+			want: `encrypt with transit/k: transit encrypt at http://127.0.0.1:8200: Vault answered 500: internal error`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			p, ft := newTestPlugin(t)
+			if err := p.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := p.Status(ctx)
+			ft.mu.Lock()
+			tt.set(ft, tt.err)
+			ft.mu.Unlock()
+			if err := p.Refresh(ctx); err == nil {
+				t.Fatal("Refresh succeeded with the round trip failing")
+			}
+			st, _ := p.Status(ctx)
+			if st.Healthz != tt.want {
+				t.Fatalf("healthz = %q\nwant      %q", st.Healthz, tt.want)
+			}
+			if st.KeyID != before.KeyID {
+				t.Fatalf("key_id changed to %q", st.KeyID)
+			}
+			ft.mu.Lock()
+			tt.set(ft, nil)
+			ft.mu.Unlock()
+			if err := p.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := p.Status(ctx); st.Healthz != "ok" {
+				t.Fatalf("healthz = %q after the policy came back, want ok", st.Healthz)
+			}
+		})
+	}
+}
+
+func TestEncryptDoesNotHideAFailedRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	p, ft := newTestPlugin(t)
+	ft.decryptErr = &vault.Error{Status: 403, Errors: []string{"permission denied"}}
+	if err := p.Refresh(ctx); err == nil {
+		t.Fatal("Refresh succeeded without decrypt")
+	}
+	if _, err := p.Encrypt(ctx, "uid", []byte("seed")); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.Status(ctx); st.Healthz == "ok" || !strings.Contains(st.Healthz, "decrypt") {
+		t.Fatalf("healthz = %q after an Encrypt, want still the decrypt failure", st.Healthz)
+	}
+}
+
+func TestHMACModeWithoutTheHMACCapabilityNamesItAndTheFlag(t *testing.T) {
+	ctx := context.Background()
+	p, ft := newTestPluginMode(t, KeyIDHMAC)
+	ft.hmacErr = &vault.Error{Op: "transit hmac", Addr: "http://127.0.0.1:8200", Status: 403, Errors: []string{"permission denied"}}
+	if err := p.Refresh(ctx); err == nil {
+		t.Fatal("Refresh succeeded without hmac")
+	}
+	st, _ := p.Status(ctx)
+	for _, want := range []string{"-key-id-mode=hmac", `"update" on transit/hmac/k`, "-key-id-mode=metadata", "403"} {
+		if !strings.Contains(st.Healthz, want) {
+			t.Errorf("healthz = %q, want it to mention %s", st.Healthz, want)
+		}
+	}
+	if _, err := p.Encrypt(ctx, "uid", []byte("seed")); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "transit/hmac/k") {
+		t.Fatalf("Encrypt = %v, want Unavailable naming transit/hmac/k", err)
+	}
+}
+
+func TestAKeyThatCannotEncryptIsRefusedByName(t *testing.T) {
+	p, ft := newTestPlugin(t)
+	ft.keyType = "ed25519"
+	if err := p.Refresh(context.Background()); err == nil {
+		t.Fatal("Refresh accepted an ed25519 key")
+	}
+	if st, _ := p.Status(context.Background()); !strings.Contains(st.Healthz, "ed25519 cannot encrypt") {
+		t.Fatalf("healthz = %q, want the key type refused", st.Healthz)
+	}
+}
+
+func TestUnknownKeyIDModeIsReported(t *testing.T) {
+	p, _ := newTestPluginMode(t, "sha1")
+	if err := p.Refresh(context.Background()); err == nil || !strings.Contains(err.Error(), `unknown key_id mode "sha1"`) {
+		t.Fatalf("Refresh = %v, want the unknown mode named", err)
+	}
+	if _, err := ParseKeyIDMode("sha1"); err == nil {
+		t.Fatal("ParseKeyIDMode accepted sha1")
 	}
 }

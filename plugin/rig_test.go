@@ -1,3 +1,5 @@
+//go:build integration
+
 package plugin_test
 
 import (
@@ -54,8 +56,9 @@ func TestMain(m *testing.M) {
 }
 
 const (
-	mount = "transit"
-	key   = "kubernetes"
+	mount      = "transit"
+	key        = "kubernetes"
+	policyName = "kms-plugin" // the rig's AppRole's policy
 )
 
 // rigOptions shape one test's Vault and plugin.
@@ -66,7 +69,8 @@ type rigOptions struct {
 	refresh     time.Duration // -status-refresh-interval (default 500ms)
 	addresses   func(vaultAddr string) string
 	extraArgs   []string
-	tls         bool // Vault on TLS requiring a client certificate
+	tls         bool   // Vault on TLS requiring a client certificate
+	policy      string // the AppRole's policy (default vaulttest.Policy)
 }
 
 // rig is a real Vault with transit and AppRole, and the real plugin binary
@@ -107,7 +111,10 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		r.vault = vaulttest.StartDev(t)
 	}
 	r.vault.EnableTransit(mount, key)
-	r.role = r.vault.CreateAppRole("kms-plugin", "kms-plugin", vaulttest.Policy(mount, key), o.tokenTTL, o.tokenMaxTTL)
+	if o.policy == "" {
+		o.policy = vaulttest.Policy(mount, key)
+	}
+	r.role = r.vault.CreateAppRole("kms-plugin", policyName, o.policy, o.tokenTTL, o.tokenMaxTTL)
 	r.secretID = r.vault.NewSecretID(r.role)
 	r.secretIDPath = filepath.Join(r.dir, "secret-id")
 	writeFileAtomic(t, r.secretIDPath, r.secretID)

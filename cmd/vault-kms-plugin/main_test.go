@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/vaultkms/vault-kms-plugin/plugin"
 	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
@@ -80,6 +81,7 @@ func TestBadFlagsExit2WithOneLine(t *testing.T) {
 		{name: "prepare with a malformed owner => error", args: []string{"-prepare-socket-dir=/run/kms", "-prepare-socket-dir-owner=nonroot"}, want: "UID:GID"},
 		{name: "prepare beside serving flags => error", args: append(good, "-prepare-socket-dir=/run/kms", "-prepare-socket-dir-owner=1:1"), want: "cannot be combined with -prepare-socket-dir"},
 		{name: "malformed duration => error", args: append(good, "-status-refresh-interval=soon"), want: "invalid value"},
+		{name: "unknown key_id mode => error naming both modes", args: append(good, "-key-id-mode=version"), want: `-key-id-mode must be metadata or hmac, not "version"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,12 +115,13 @@ func TestGoodFlagsValidate(t *testing.T) {
 		transitMount: "transit", transitKey: "k", approleMount: "approle",
 		approleRoleID: "r", approleSecretIDPath: secret, logLevel: "debug-extended",
 		statusRefreshInterval: 20e9, socketGroup: "0", batchMaxSize: 128, batchMaxInFlight: 8,
+		keyIDModeName: "hmac",
 	}
 	if err := o.validate(nil); err != nil {
 		t.Fatal(err)
 	}
-	if len(o.addresses) != 2 || o.addresses[1] != "https://b:8200" || o.verbosity != 6 || o.gid != 0 {
-		t.Fatalf("derived = %v %d %d", o.addresses, o.verbosity, o.gid)
+	if len(o.addresses) != 2 || o.addresses[1] != "https://b:8200" || o.verbosity != 6 || o.gid != 0 || o.keyIDMode != plugin.KeyIDHMAC {
+		t.Fatalf("derived = %v %d %d %q", o.addresses, o.verbosity, o.gid, o.keyIDMode)
 	}
 }
 
@@ -204,6 +207,11 @@ func TestOpenShiftArgumentListValidates(t *testing.T) {
 	}
 	if o.transitMount != "team/transit" || o.transitKey != "kube" {
 		t.Fatalf("-vault-key-path split into mount %q key %q, want team/transit and kube", o.transitMount, o.transitKey)
+	}
+	// OpenShift passes no -key-id-mode, and its users grant HashiCorp's
+	// minimum policy: the default must be the mode that needs nothing more.
+	if o.keyIDMode != plugin.KeyIDMetadata {
+		t.Fatalf("key_id mode with OpenShift's arguments = %q, want %q", o.keyIDMode, plugin.KeyIDMetadata)
 	}
 	// Every flag the lifecycle renders must exist in the sidecar.
 	for _, name := range append(append([]string{}, contract.RenderedFlags...), contract.PrepareFlags...) {

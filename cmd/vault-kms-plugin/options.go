@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin"
 )
 
 // options are the sidecar's flags. Their names match what OpenShift's KMS
@@ -36,6 +38,7 @@ type options struct {
 	tlsClientKey          string
 	metricsPort           int
 	statusRefreshInterval time.Duration
+	keyIDModeName         string
 	logLevel              string
 	socketGroup           string
 	batchMaxSize          int
@@ -55,6 +58,7 @@ type options struct {
 	socketPath string
 	addresses  []string
 	verbosity  int
+	keyIDMode  plugin.KeyIDMode
 	gid        int
 	prepareUID int
 	prepareGID int
@@ -79,6 +83,7 @@ func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.tlsClientKey, "tls-client-key", "", "PEM client key for Vault (with -tls-client-cert)")
 	fs.IntVar(&o.metricsPort, "metrics-port", 0, "port on 127.0.0.1 for /metrics, /healthz, /livez and /readyz (0: off)")
 	fs.DurationVar(&o.statusRefreshInterval, "status-refresh-interval", 20*time.Second, "how often to read the transit key's metadata for Status")
+	fs.StringVar(&o.keyIDModeName, "key-id-mode", string(plugin.KeyIDMetadata), "what key_ids are derived from: metadata (each key version's creation time; HashiCorp's minimum policy suffices) or hmac (an HMAC under the version, unique even for a key re-created within a second; needs \"update\" on <mount>/hmac/<key> too). Every node must use the same")
 	fs.StringVar(&o.logLevel, "log-level", "info", "info, debug, debug-extended, warn, error, or a klog verbosity 0-10")
 	fs.IntVar(&o.batchMaxSize, "batch-max-size", 128, "most Encrypts or Decrypts coalesced into one transit batch call (1: no batching)")
 	fs.IntVar(&o.batchMaxInFlight, "batch-max-in-flight", 8, "most transit encrypt or decrypt calls to Vault at once; more requests queue and leave as one batch")
@@ -147,6 +152,9 @@ func (o *options) validate(args []string) error {
 	}
 	if o.batchWindow < 0 || o.batchWindow > 100*time.Millisecond {
 		return fmt.Errorf("-batch-window must be between 0 and 100ms, not %s", o.batchWindow)
+	}
+	if o.keyIDMode, err = plugin.ParseKeyIDMode(o.keyIDModeName); err != nil {
+		return fmt.Errorf("-key-id-mode must be %s or %s, not %q", plugin.KeyIDMetadata, plugin.KeyIDHMAC, o.keyIDModeName)
 	}
 	if o.verbosity, err = verbosity(o.logLevel); err != nil {
 		return err

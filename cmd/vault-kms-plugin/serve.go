@@ -19,7 +19,8 @@ import (
 func serve(ctx context.Context, o *options) error {
 	var p *plugin.Plugin
 	var keeper *auth.Keeper
-	m := metrics.New(func() time.Time { return keeper.ExpiresAt() }, func() int { return p.KeyVersion() })
+	m := metrics.New(func() time.Time { return keeper.ExpiresAt() }, func() int { return p.KeyVersion() },
+		func() error { return p.Healthy() })
 
 	client, err := vault.New(vault.Config{
 		Addresses: o.addresses, Namespace: o.vaultNamespace, AuthNamespace: o.vaultAuthNamespace,
@@ -35,6 +36,7 @@ func serve(ctx context.Context, o *options) error {
 			RoleIDPath: o.approleRoleIDPath, SecretIDPath: o.approleSecretIDPath}
 	}
 	keeper = auth.NewKeeper(client, method, auth.Hooks{Login: m.Login, Renew: m.Renew})
+	client.SetReauth(keeper)
 	transit := client.Transit(o.transitMount, o.transitKey)
 	var t plugin.Transit = transit
 	if o.batchMaxSize > 1 {
@@ -42,6 +44,7 @@ func serve(ctx context.Context, o *options) error {
 	}
 	p = plugin.New(t, plugin.Config{
 		Mount: o.transitMount, Key: o.transitKey, RefreshInterval: o.statusRefreshInterval,
+		KeyIDMode: o.keyIDMode,
 	})
 
 	sock, err := server.Listen(o.socketPath, o.gid)
@@ -64,7 +67,7 @@ func serve(ctx context.Context, o *options) error {
 	if o.insecureAllowHTTP {
 		klog.InfoS("Warning: -insecure-allow-http is set: an http:// Vault address off loopback carries the token and DEK seeds in clear text", "vault", o.addresses)
 	}
-	klog.InfoS("Serving KMSv2", "socket", o.socketPath, "vault", o.addresses, "key", o.transitMount+"/"+o.transitKey, "metricsPort", o.metricsPort)
+	klog.InfoS("Serving KMSv2", "socket", o.socketPath, "vault", o.addresses, "key", o.transitMount+"/"+o.transitKey, "keyIDMode", o.keyIDMode, "metricsPort", o.metricsPort)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
 	select {

@@ -96,10 +96,21 @@ func TestManifestsAreCurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if _, ok := files[e.Name()]; !ok && e.Name() != "kms.yaml" {
+		if _, ok := files[e.Name()]; !ok && e.Name() != "kms.yaml" && !handWritten(e.Name()) {
 			t.Errorf("manifests/%s is not rendered from manifests/kms.yaml: remove it, or render it", e.Name())
 		}
 	}
+}
+
+// handWritten says whether a file in manifests/ is written by hand rather
+// than rendered: the monitoring files, which package manifests' own tests
+// check, and those tests.
+func handWritten(name string) bool {
+	switch name {
+	case "prometheus-rules.yaml", "prometheus-rules_test.yaml", "grafana-dashboard.json":
+		return true
+	}
+	return strings.HasSuffix(name, ".go")
 }
 
 func TestRenderRefusesAnInvalidConfig(t *testing.T) {

@@ -11,13 +11,15 @@
 // any of its keys still waits, whichever comes first. A batch call therefore
 // carries no deadline of its own (callers that share a key may arrive, with
 // later deadlines, while it is in flight); Timeout bounds it only when some
-// caller has none.
+// caller has none. CallersDeadline tells the batch call the latest deadline
+// among the callers it serves, so that it can share that time out.
 package batch
 
 import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -66,9 +68,10 @@ type call[K comparable, V any] struct {
 	enqueued time.Time
 
 	// Guarded by Batcher.mu.
-	waiters   int     // callers still waiting for result
-	unbounded bool    // some caller has no deadline
-	flight    *flight // the batch call carrying it, once sent
+	waiters   int       // callers still waiting for result
+	unbounded bool      // some caller has no deadline
+	latest    time.Time // the latest deadline among its callers
+	flight    *flight   // the batch call carrying it, once sent
 }
 
 // flight is one batch call in progress; it is cancelled when none of its
@@ -76,6 +79,39 @@ type call[K comparable, V any] struct {
 type flight struct {
 	cancel context.CancelFunc
 	calls  int // calls with waiters
+	// latest is the latest deadline among the callers of its calls, in
+	// Unix nanoseconds (0: none yet); it only grows, as callers join.
+	latest atomic.Int64
+}
+
+// extend makes d the flight's latest deadline if it is later.
+func (f *flight) extend(d time.Time) {
+	n := d.UnixNano()
+	for {
+		cur := f.latest.Load()
+		if n <= cur || f.latest.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+type flightKey struct{}
+
+// CallersDeadline returns, inside a batch call, the latest deadline among
+// the callers it serves, which grows as callers join it; false outside a
+// batch call or when no caller has a deadline. The batch call's context
+// carries no deadline (see the package doc); a Func that splits its time
+// among attempts (failover across servers) uses this instead.
+func CallersDeadline(ctx context.Context) (time.Time, bool) {
+	f, ok := ctx.Value(flightKey{}).(*flight)
+	if !ok {
+		return time.Time{}, false
+	}
+	n := f.latest.Load()
+	if n == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n), true
 }
 
 // New returns a Batcher.
@@ -139,8 +175,16 @@ func (c *call[K, V]) join(ctx context.Context) {
 		c.flight.calls++
 	}
 	c.waiters++
-	if _, ok := ctx.Deadline(); !ok {
+	d, ok := ctx.Deadline()
+	if !ok {
 		c.unbounded = true
+		return
+	}
+	if d.After(c.latest) {
+		c.latest = d
+	}
+	if c.flight != nil {
+		c.flight.extend(d)
 	}
 }
 
@@ -219,9 +263,13 @@ func (b *Batcher[K, V]) runBatch(batch []*call[K, V]) {
 		c.flight = f
 		f.calls++
 		unbounded = unbounded || c.unbounded
+		if !c.latest.IsZero() {
+			f.extend(c.latest)
+		}
 		live = append(live, c)
 	}
 	b.mu.Unlock()
+	ctx = context.WithValue(ctx, flightKey{}, f)
 	batch = live
 	if len(batch) == 0 {
 		return

@@ -361,3 +361,74 @@ func TestASharedCallIsCancelledOnceNoCallerWaits(t *testing.T) {
 		t.Fatal("the shared call ran on after every caller gave up")
 	}
 }
+
+func TestABatchCallKnowsItsCallersLatestDeadline(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	hold := make(chan struct{})
+	seen := make(chan time.Time, 2)
+	fn := func(ctx context.Context, keys []string) ([]Result[string], error) {
+		if _, ok := ctx.Deadline(); ok {
+			t.Error("the batch call's context has a deadline: a caller joining later would inherit it")
+		}
+		d, _ := CallersDeadline(ctx)
+		seen <- d
+		entered <- struct{}{}
+		<-hold
+		d, _ = CallersDeadline(ctx)
+		seen <- d
+		out := make([]Result[string], len(keys))
+		for i, k := range keys {
+			out[i] = Result[string]{Value: "v:" + k}
+		}
+		return out, nil
+	}
+	b := New(fn, Options{MaxSize: 64, MaxInFlight: 1, Dedupe: true})
+	first, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	later, cancelLater := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelLater()
+	done := make(chan error, 2)
+	go func() { _, err := b.Do(first, "k"); done <- err }()
+	<-entered
+	go func() { _, err := b.Do(later, "k"); done <- err }() // joins the call in flight
+	waitWaiters(t, b, "k", 2)
+	close(hold)
+	for i := 0; i < 2; i++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	d1, _ := first.Deadline()
+	d2, _ := later.Deadline()
+	if got := <-seen; !got.Equal(d1) {
+		t.Errorf("CallersDeadline at the start = %v, want the first caller's %v", got, d1)
+	}
+	if got := <-seen; !got.Equal(d2) {
+		t.Errorf("CallersDeadline after a caller with a later deadline joined = %v, want %v", got, d2)
+	}
+	if _, ok := CallersDeadline(context.Background()); ok {
+		t.Error("CallersDeadline outside a batch call reports a deadline")
+	}
+}
+
+// waitWaiters waits until the pending call for key has n callers.
+func waitWaiters(t *testing.T, b *Batcher[string, string], key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.mu.Lock()
+		c := b.pending[key]
+		got := 0
+		if c != nil {
+			got = c.waiters
+		}
+		b.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers wait for %q, want %d", got, key, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -46,14 +46,31 @@ var PrepareFlags = []string{
 }
 
 // VaultPolicy is the least privilege the sidecar needs on transit key key
-// at mount: encrypt, decrypt, read the key's metadata (never key material)
-// and HMAC a fixed label for the key_id fingerprint. Token renewal and
-// lookup are in Vault's default policy. kmsctl renders exactly this, and the
-// integration tests run the plugin with exactly this, so what users deploy
-// is what was proven sufficient.
+// at mount in its default key_id mode (-key-id-mode=metadata): encrypt,
+// decrypt, and read the key's metadata (never key material). Token renewal
+// and lookup are in Vault's default policy. kmsctl renders exactly this,
+// and the integration tests run the plugin with exactly this, so what
+// users deploy is what was proven sufficient.
+//
+// It is HashiCorp's documented minimum policy for its Vault KMS plugin
+// less "create" on encrypt and decrypt: the sidecar never needs it, and
+// with it an encrypt to a deleted key would silently create a new key
+// under the old name instead of failing. The plugin runs under
+// HashiCorp's policy too (an integration test says so).
 func VaultPolicy(mount, key string) string {
+	return policy(mount, key, false)
+}
+
+// VaultPolicyHMAC is VaultPolicy plus what -key-id-mode=hmac needs:
+// "update" on <mount>/hmac/<key>, to fingerprint each key version with the
+// transit HMAC of a fixed label.
+func VaultPolicyHMAC(mount, key string) string {
+	return policy(mount, key, true)
+}
+
+func policy(mount, key string, hmac bool) string {
 	r := strings.NewReplacer("{mount}", strings.Trim(mount, "/"), "{key}", key)
-	return r.Replace(`# Least privilege for vault-kms-plugin on transit key "{key}" at "{mount}/".
+	p := `# Least privilege for vault-kms-plugin on transit key "{key}" at "{mount}/".
 # Encrypt and decrypt DEK seeds.
 path "{mount}/encrypt/{key}" {
   capabilities = ["update"]
@@ -61,13 +78,19 @@ path "{mount}/encrypt/{key}" {
 path "{mount}/decrypt/{key}" {
   capabilities = ["update"]
 }
-# Read the key's metadata for Status (latest version; never key material).
+# Read the key's metadata for Status and the key_id (versions and their
+# creation times; never key material).
 path "{mount}/keys/{key}" {
   capabilities = ["read"]
 }
-# HMAC a fixed label to fingerprint each key version in the key_id.
+`
+	if hmac {
+		p += `# -key-id-mode=hmac: HMAC a fixed label to fingerprint each key version in
+# the key_id.
 path "{mount}/hmac/{key}" {
   capabilities = ["update"]
 }
-`)
+`
+	}
+	return r.Replace(p)
 }

@@ -37,8 +37,9 @@ type Metrics struct {
 }
 
 // New returns Metrics with the Go and process collectors registered.
-// tokenExpiry and keyVersion are read at scrape time.
-func New(tokenExpiry func() time.Time, keyVersion func() int) *Metrics {
+// tokenExpiry, keyVersion and healthy are read at scrape time; healthy is
+// nil when Status reports healthz "ok".
+func New(tokenExpiry func() time.Time, keyVersion func() int, healthy func() error) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -86,6 +87,15 @@ func New(tokenExpiry func() time.Time, keyVersion func() int) *Metrics {
 			Namespace: namespace, Name: "transit_key_version",
 			Help: "Latest version of the transit key the plugin has seen; 0 before the first successful read.",
 		}, func() float64 { return float64(keyVersion()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "healthy",
+			Help: "1 when Status reports healthz ok, else 0; /readyz gives the reason.",
+		}, func() float64 {
+			if healthy() != nil {
+				return 0
+			}
+			return 1
+		}),
 	)
 	return m
 }

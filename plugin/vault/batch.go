@@ -69,7 +69,7 @@ func (t *Transit) postBatch(ctx context.Context, op, path string, input any, n i
 	var out struct {
 		BatchResults []batchResult `json:"batch_results"`
 	}
-	// Only encrypt hears 403 for a missing key (see missingKeyMessage).
+	// Only encrypt hears 403 for a missing key (see explainDenied).
 	var explain func(context.Context, error) error
 	if path == "encrypt/" {
 		explain = t.explainDenied
@@ -92,7 +92,7 @@ func (t *Transit) postBatch(ctx context.Context, op, path string, input any, n i
 		return decode(resp, err, &out)
 	}, explain)
 	if err != nil {
-		return nil, addr, t.keyNotFound(err)
+		return nil, addr, err
 	}
 	if len(out.BatchResults) != n {
 		return nil, addr, fmt.Errorf("%s: Vault returned %d results for %d inputs", op, len(out.BatchResults), n)

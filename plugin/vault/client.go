@@ -23,6 +23,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"k8s.io/klog/v2"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/batch"
 )
 
 // Config says how to reach Vault.
@@ -34,7 +37,8 @@ type Config struct {
 	Namespace string
 	// AuthNamespace is sent with login and token calls; empty means Namespace.
 	AuthNamespace string
-	// CAFile, ServerName, ClientCert and ClientKey configure TLS.
+	// CAFile, ServerName, ClientCert and ClientKey configure TLS. The files
+	// are looked at every few seconds and read again when they change.
 	CAFile     string
 	ServerName string
 	ClientCert string
@@ -49,12 +53,32 @@ const maxCallDuration = 30 * time.Second
 // Client talks to one Vault cluster through any of its nodes.
 type Client struct {
 	nodes   []node
-	current atomic.Int32
+	current atomic.Int32 // index of the node calls start at
+	policy  policy
 	observe func(op string, d time.Duration, err error)
+	tls     *reloadingTransport // nil without TLS files
+	// demotedAt[i] is when node i's demotion was last logged (Unix ns).
+	demotedAt []atomic.Int64
+
+	tokenGen atomic.Uint64
 
 	mu     sync.Mutex
-	reauth func(ctx context.Context) error
+	reauth Reauthenticator
 }
+
+// Reauthenticator replaces a token Vault refused. Reauth is called when
+// Vault answers 403 to a call made with token generation gen (see
+// SetToken); it returns nil once a newer token is installed, so the call is
+// retried once, or why there is none. plugin/auth's Keeper implements it.
+type Reauthenticator interface {
+	Reauth(ctx context.Context, gen uint64) error
+}
+
+// ReauthFunc adapts a function to Reauthenticator.
+type ReauthFunc func(ctx context.Context, gen uint64) error
+
+// Reauth implements Reauthenticator.
+func (f ReauthFunc) Reauth(ctx context.Context, gen uint64) error { return f(ctx, gen) }
 
 type node struct {
 	addr    string
@@ -68,7 +92,7 @@ func New(cfg Config) (*Client, error) {
 	if len(cfg.Addresses) == 0 {
 		return nil, errors.New("no Vault address")
 	}
-	httpClient, err := newHTTPClient(cfg)
+	httpClient, reloader, err := newHTTPClient(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +100,7 @@ func New(cfg Config) (*Client, error) {
 	if authNS == "" {
 		authNS = cfg.Namespace
 	}
-	c := &Client{observe: cfg.Observe}
+	c := &Client{observe: cfg.Observe, policy: defaultPolicy, tls: reloader, demotedAt: make([]atomic.Int64, len(cfg.Addresses))}
 	for _, addr := range cfg.Addresses {
 		u, err := url.Parse(addr)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -99,38 +123,65 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func newHTTPClient(cfg Config) (*http.Client, error) {
-	transport := &http.Transport{
-		Proxy: nil, // Vault is reached directly; proxies are not a sidecar's business.
-		DialContext: (&net.Dialer{
-			Timeout:   2 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2: true,
-		// A cold API server start sends a burst of concurrent Decrypts; keep
-		// enough idle connections that the burst does not churn TCP+TLS.
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+// HTTP/2 health checks: a connection that has received nothing for
+// h2SendPingTimeout is pinged, and closed when no answer comes within
+// h2PingTimeout. Without them a connection to a node that hangs without
+// closing it (a frozen process, a dropped network path) stays open, and
+// every call sent on it waits out its share of the deadline.
+const (
+	h2SendPingTimeout = 3 * time.Second
+	h2PingTimeout     = 2 * time.Second
+)
+
+// newHTTPClient returns the HTTP client of every node and, when TLS files
+// are configured, the transport that reloads them (nil otherwise).
+func newHTTPClient(cfg Config) (*http.Client, *reloadingTransport, error) {
+	build := func(tlsCfg *tls.Config) *http.Transport {
+		return &http.Transport{
+			Proxy: nil, // Vault is reached directly; proxies are not a sidecar's business.
+			DialContext: (&net.Dialer{
+				Timeout:   2 * time.Second,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			ForceAttemptHTTP2: true,
+			HTTP2: &http.HTTP2Config{
+				SendPingTimeout: h2SendPingTimeout,
+				PingTimeout:     h2PingTimeout,
+				// A peer that stops reading must not block a write forever.
+				WriteByteTimeout: 5 * time.Second,
+			},
+			// A cold API server start sends a burst of concurrent Decrypts; keep
+			// enough idle connections that the burst does not churn TCP+TLS.
+			MaxIdleConns:          256,
+			MaxIdleConnsPerHost:   128,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   5 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			TLSClientConfig:       tlsCfg,
+		}
 	}
 	hc := &http.Client{
-		Transport: transport,
 		// Vault's client follows its own redirects (standby → active).
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	apiCfg := &api.Config{HttpClient: hc}
-	if err := apiCfg.ConfigureTLS(&api.TLSConfig{
-		CACert:        cfg.CAFile,
-		ClientCert:    cfg.ClientCert,
-		ClientKey:     cfg.ClientKey,
-		TLSServerName: cfg.ServerName,
-	}); err != nil {
-		return nil, fmt.Errorf("configure TLS: %w", err)
+	files := tlsFiles{caFile: cfg.CAFile, certFile: cfg.ClientCert, keyFile: cfg.ClientKey, serverName: cfg.ServerName}
+	if len(files.paths()) == 0 {
+		tlsCfg, err := files.load()
+		if err != nil {
+			return nil, nil, fmt.Errorf("configure TLS: %w", err)
+		}
+		hc.Transport = build(tlsCfg)
+		return hc, nil, nil
 	}
-	return hc, nil
+	// cert-manager and Secret volume updates replace these files while
+	// the plugin runs; a CA or certificate read once would fail every call
+	// after the old one expires.
+	rt, err := newReloadingTransport(files, build)
+	if err != nil {
+		return nil, nil, fmt.Errorf("configure TLS: %w", err)
+	}
+	hc.Transport = rt
+	return hc, rt, nil
 }
 
 func newAPIClient(addr string, hc *http.Client, namespace string) (*api.Client, error) {
@@ -202,19 +253,24 @@ func withoutVaultEnv(f func() error) error {
 	return f()
 }
 
-// SetToken makes every later call use token.
-func (c *Client) SetToken(token string) {
+// SetToken makes every later call use token and returns the token's
+// generation, which numbers the tokens installed so far. A 403 on a call
+// made with an older generation is cured by retrying, not by a login.
+func (c *Client) SetToken(token string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, n := range c.nodes {
 		n.transit.SetToken(token)
 		n.auth.SetToken(token)
 	}
+	return c.tokenGen.Add(1)
 }
 
-// SetReauth registers the function called once when Vault answers a transit
-// call with 403 (token revoked or expired early); the call is then retried.
-func (c *Client) SetReauth(f func(ctx context.Context) error) {
+// SetReauth registers what is asked for a new token when Vault answers a
+// call that needs one with 403 (token revoked or expired early).
+func (c *Client) SetReauth(r Reauthenticator) {
 	c.mu.Lock()
-	c.reauth = f
+	c.reauth = r
 	c.mu.Unlock()
 }
 
@@ -223,60 +279,115 @@ func (c *Client) Address() string {
 	return c.nodes[int(c.current.Load())%len(c.nodes)].addr
 }
 
-// do runs call against the current node and, when that node is unreachable
-// or answers with a server error, against each other node. When every node
-// fails that way (a leader election, a restart) it tries them all again
-// with backoff while the caller's deadline leaves time, so a call rides out
-// a Vault failover instead of failing.
+// do runs call against the nodes as policy says (see policy for the
+// rules): each attempt bounded by its share of the caller's deadline, on to
+// the next node when one does not answer or cannot serve, and round after
+// round with backoff while the deadline leaves time, so a call rides out a
+// hung node or a Vault failover instead of failing.
 func (c *Client) do(ctx context.Context, op string, call func(ctx context.Context, n node) error) error {
-	if _, ok := ctx.Deadline(); !ok {
+	deadline, bounded := ctx.Deadline()
+	if !bounded {
 		// A hung Vault must not hold a call, and its goroutine, forever.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, maxCallDuration)
 		defer cancel()
+		deadline, _ = ctx.Deadline()
+	}
+	// A batch call carries no deadline of its own, but its callers have
+	// theirs (3 s for the API server's): share out their time, not 30 s.
+	callersDeadline := func() time.Time {
+		if d, ok := batch.CallersDeadline(ctx); !bounded && ok && d.Before(deadline) {
+			return d
+		}
+		return deadline
 	}
 	start := time.Now()
-	deadline, _ := ctx.Deadline()
-	first := int(c.current.Load())
+	nodes := len(c.nodes)
 	var err error
-	backoff := 50 * time.Millisecond
 	for round := 0; ; round++ {
-		for i := 0; i < len(c.nodes); i++ {
-			idx := (first + i) % len(c.nodes)
-			n := c.nodes[idx]
-			if err = call(ctx, n); err == nil {
-				if idx != first {
-					c.current.CompareAndSwap(int32(first), int32(idx))
+		// Each round starts at the current node: one demoted meanwhile,
+		// by this call or another, comes last.
+		first := int(c.current.Load())
+		for i := 0; i < nodes; i++ {
+			idx := (first + i) % nodes
+			left := time.Until(callersDeadline())
+			if left <= 0 {
+				// The callers are gone (a batch call's context ends a
+				// moment after its last caller's deadline).
+				if err == nil {
+					err = wrap(op, c.nodes[idx].addr, context.DeadlineExceeded)
 				}
-				c.report(op, start, nil)
-				return nil
-			}
-			err = wrap(op, n.addr, err)
-			if ctx.Err() != nil || !retryOnOtherNode(err) {
 				c.report(op, start, err)
 				return err
 			}
+			timeout := c.policy.attemptTimeout(left, nodes-i, round)
+			if err = c.attempt(ctx, op, c.nodes[idx], timeout, call); err == nil {
+				// Later calls start here; a no-op when idx == first, or
+				// when another call has moved current meanwhile.
+				c.current.CompareAndSwap(int32(first), int32(idx))
+				c.report(op, start, nil)
+				return nil
+			}
+			// A node is judged only on time it was given: an attempt that
+			// ran into the callers' deadline says nothing about it.
+			callersDone := ctx.Err() != nil || !time.Now().Before(callersDeadline())
+			switch c.policy.judge(err, callersDone) {
+			case verdictReturn:
+				c.report(op, start, err)
+				return err
+			case verdictNodeDown:
+				if next := (idx + 1) % nodes; c.current.CompareAndSwap(int32(idx), int32(next)) {
+					c.noteDemoted(idx, next, err)
+				}
+			}
 		}
-		// Keep a margin so the caller still gets our answer in time.
-		if time.Until(deadline) < backoff+retryMargin || round >= maxRetryRounds {
+		wait, again := c.policy.nextRound(round, time.Until(callersDeadline()))
+		if !again {
 			break
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, time.Second)
 	}
 	c.report(op, start, err)
 	return err
 }
 
-// Retry budget when every node fails: enough rounds to outlast a raft
-// election (about 2 s), bounded by the caller's deadline less retryMargin.
-const (
-	maxRetryRounds = 6
-	retryMargin    = 300 * time.Millisecond
-)
+// demotedLogEvery bounds how often one node's demotion is logged: while
+// every node is down, each call demotes each node.
+const demotedLogEvery = time.Minute
+
+// noteDemoted logs that calls moved from node idx to node next because idx
+// did not answer: once a failover succeeds no call fails, and this line is
+// what tells an operator a node hangs.
+func (c *Client) noteDemoted(idx, next int, err error) {
+	if idx == next {
+		return // one node: nowhere to move
+	}
+	now := time.Now().UnixNano()
+	last := c.demotedAt[idx].Load()
+	if now-last < int64(demotedLogEvery) || !c.demotedAt[idx].CompareAndSwap(last, now) {
+		return
+	}
+	klog.InfoS("Vault node did not answer: calls now start at the next one", "node", c.nodes[idx].addr, "next", c.nodes[next].addr, "err", err)
+}
+
+// attempt runs call once against n within timeout.
+func (c *Client) attempt(ctx context.Context, op string, n node, timeout time.Duration, call func(ctx context.Context, n node) error) error {
+	attemptCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := call(attemptCtx, n)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() == nil && attemptCtx.Err() != nil {
+		// Our share ran out, not the caller's time: say so, since the
+		// transport's "context deadline exceeded" reads as the caller's.
+		err = fmt.Errorf("no answer within %s: %w", timeout.Round(time.Millisecond), err)
+	}
+	return wrap(op, n.addr, err)
+}
 
 func (c *Client) report(op string, start time.Time, err error) {
 	if c.observe != nil {
@@ -294,6 +405,7 @@ func (c *Client) doAuthed(ctx context.Context, op string, call func(ctx context.
 // 403 has a cause other than the token; an error from explain is returned
 // instead of logging in again.
 func (c *Client) doAuthedExplained(ctx context.Context, op string, call func(ctx context.Context, n node) error, explain func(ctx context.Context, denied error) error) error {
+	gen := c.tokenGen.Load()
 	err := c.do(ctx, op, call)
 	if !IsPermissionDenied(err) {
 		return err
@@ -309,11 +421,26 @@ func (c *Client) doAuthedExplained(ctx context.Context, op string, call func(ctx
 	if reauth == nil {
 		return err
 	}
-	if rerr := reauth(ctx); rerr != nil {
-		return fmt.Errorf("%w (log in again: %v)", err, rerr)
+	if rerr := reauth.Reauth(ctx, gen); rerr != nil {
+		return &ReauthError{Call: err, Login: rerr}
 	}
 	return c.do(ctx, op, call)
 }
+
+// ReauthError is a call Vault refused with 403 whose token could not be
+// replaced. The login's reason comes first in its text: it is the one to
+// act on, and Status truncates long messages.
+type ReauthError struct {
+	Call  error // the refused call
+	Login error // why no new token
+}
+
+func (e *ReauthError) Error() string {
+	return fmt.Sprintf("%v (after %v)", e.Login, e.Call)
+}
+
+// Unwrap keeps the call's *Error reachable (IsPermissionDenied and friends).
+func (e *ReauthError) Unwrap() []error { return []error{e.Call, e.Login} }
 
 // Error is a failed Vault call.
 type Error struct {
@@ -349,16 +476,6 @@ func wrap(op, addr string, err error) error {
 		return err
 	}
 	return &Error{Op: op, Addr: addr, Err: err}
-}
-
-func retryOnOtherNode(err error) bool {
-	var ve *Error
-	if !errors.As(err, &ve) {
-		return false
-	}
-	// 0: no answer. 5xx: sealed, standby without an active node, or
-	// overloaded; 429 is a standby/performance standby saying so.
-	return ve.Status == 0 || ve.Status >= 500 || ve.Status == http.StatusTooManyRequests
 }
 
 // IsPermissionDenied reports whether Vault refused the token or policy.

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -134,5 +135,39 @@ func TestErrorsSayWhatAndWhere(t *testing.T) {
 	_, err := c.Transit("transit", "k").Decrypt(context.Background(), "vault:v1:AAAA")
 	if !IsBadRequest(err) || !strings.Contains(err.Error(), "transit decrypt at "+srv.URL) || !strings.Contains(err.Error(), "message authentication failed") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestAHungNodeCostsAShareOfTheDeadlineOnce(t *testing.T) {
+	// The kernel accepts connections on a listener nobody serves: a node
+	// that hangs without closing anything.
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	rec := &recorder{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c, err := New(Config{Addresses: []string{"http://" + hung.Addr().String(), srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, limit := range []time.Duration{1200 * time.Millisecond, 200 * time.Millisecond} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		start := time.Now()
+		_, err := c.Transit("transit", "k").Encrypt(ctx, []byte("x"))
+		took := time.Since(start)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+		t.Logf("call %d took %v", i+1, took.Round(time.Millisecond))
+		if took > limit {
+			t.Fatalf("call %d took %v, want at most %v", i+1, took, limit)
+		}
+	}
+	if c.Address() != srv.URL {
+		t.Fatalf("address %s after the hung node failed, want %s", c.Address(), srv.URL)
 	}
 }

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 )
@@ -34,7 +34,10 @@ func (c *Client) Transit(mount, key string) *Transit {
 }
 
 // KeyNotFoundError says the transit key does not exist: it was deleted, or
-// never created.
+// never created. The client returns it only where Vault's answer alone
+// cannot say so (see explainDenied); every other answer comes back as an
+// *Error, and the plugin's table of Vault's answers (plugin/errors.go)
+// decides what it means.
 type KeyNotFoundError struct {
 	Key string // "<mount>/<key>"
 	Err error  // Vault's answer
@@ -52,37 +55,12 @@ func IsKeyNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-// How Vault says a transit key is missing, checked against Vault v1.21.0
-// for a deleted key and for one never created, with the plugin's policy
-// (update on encrypt and decrypt, read on keys):
-//   - read keys/<key>:         404, no message;
-//   - decrypt/<key> (single or batch_input): 400 "encryption key not found";
-//   - encrypt/<key> (single or batch_input): 403 "permission denied", since
-//     encrypting to a missing key would create it, which needs "create";
-//     the plugin's token is fine, so a re-login cannot help (see
-//     explainDenied).
-const missingKeyMessage = "encryption key not found"
-
-// keyNotFound turns Vault's answers that mean "no such key" into a
-// KeyNotFoundError and returns other errors as they are.
-func (t *Transit) keyNotFound(err error) error {
-	var ve *Error
-	if !errors.As(err, &ve) {
-		return err
-	}
-	missing := ve.Status == http.StatusNotFound
-	for _, m := range ve.Errors {
-		missing = missing || (ve.Status == http.StatusBadRequest && strings.Contains(m, missingKeyMessage))
-	}
-	if missing {
-		return &KeyNotFoundError{Key: t.name, Err: err}
-	}
-	return err
-}
-
 // explainDenied is asked, before a re-login, why Vault refused a transit
-// encrypt with 403: when the key's metadata (which the token may read) is
-// missing too, the key is gone, not the token, and it says so.
+// encrypt with 403. Encrypting to a missing key would create it, which
+// needs "create", so Vault v1.21.0 answers a plugin without it 403
+// "permission denied" when the key is missing; when the key's metadata
+// (which the token may read) is missing too, the key is gone, not the
+// token, and it says so instead of logging in again.
 func (t *Transit) explainDenied(ctx context.Context, denied error) error {
 	err := t.c.do(ctx, "transit read key", func(ctx context.Context, n node) error {
 		resp, err := n.transit.Logical().ReadRawWithContext(ctx, t.base+"keys/"+t.key)
@@ -99,9 +77,14 @@ type KeyInfo struct {
 	LatestVersion        int
 	MinDecryptionVersion int
 	Type                 string
-	// LatestCreated is Vault's creation record of the latest version, as
-	// sent; it changes when a key is deleted and re-created.
-	LatestCreated string
+	// SupportsEncryption and SupportsDecryption say whether the key's type
+	// can wrap and unwrap at all (an ed25519 or hmac key cannot).
+	SupportsEncryption, SupportsDecryption bool
+	// Created is each version's creation time in unix seconds, from the
+	// "keys" map; it holds only versions Vault still decrypts with
+	// (min_decryption_version and up), and none for key types whose read
+	// lists no versions (hmac). A deleted and re-created key has new ones.
+	Created map[int]int64
 }
 
 type envelope[T any] struct {
@@ -178,7 +161,7 @@ func (t *Transit) Decrypt(ctx context.Context, ciphertext string) ([]byte, error
 		}{ciphertext}, &out)
 	})
 	if err != nil {
-		return nil, t.keyNotFound(err)
+		return nil, err
 	}
 	pt, err := base64.StdEncoding.DecodeString(out.Plaintext)
 	if err != nil {
@@ -193,6 +176,8 @@ func (t *Transit) ReadKey(ctx context.Context) (KeyInfo, error) {
 		LatestVersion        int                        `json:"latest_version"`
 		MinDecryptionVersion int                        `json:"min_decryption_version"`
 		Type                 string                     `json:"type"`
+		SupportsEncryption   bool                       `json:"supports_encryption"`
+		SupportsDecryption   bool                       `json:"supports_decryption"`
 		Keys                 map[string]json.RawMessage `json:"keys"`
 	}
 	err := t.c.doAuthed(ctx, "transit read key", func(ctx context.Context, n node) error {
@@ -200,17 +185,60 @@ func (t *Transit) ReadKey(ctx context.Context) (KeyInfo, error) {
 		return decode(resp, err, &out)
 	})
 	if err != nil {
-		return KeyInfo{}, t.keyNotFound(err)
+		return KeyInfo{}, err
 	}
 	if out.LatestVersion < 1 {
 		return KeyInfo{}, fmt.Errorf("transit read key: Vault reported latest_version %d", out.LatestVersion)
 	}
-	return KeyInfo{
+	info := KeyInfo{
 		LatestVersion:        out.LatestVersion,
 		MinDecryptionVersion: out.MinDecryptionVersion,
 		Type:                 out.Type,
-		LatestCreated:        string(out.Keys[strconv.Itoa(out.LatestVersion)]),
-	}, nil
+		SupportsEncryption:   out.SupportsEncryption,
+		SupportsDecryption:   out.SupportsDecryption,
+		Created:              make(map[int]int64, len(out.Keys)),
+	}
+	for v, raw := range out.Keys {
+		version, err := strconv.Atoi(v)
+		if err != nil || version < 1 {
+			return KeyInfo{}, fmt.Errorf("transit read key: Vault listed key version %q", v)
+		}
+		created, err := creationTime(raw)
+		if err != nil {
+			return KeyInfo{}, fmt.Errorf("transit read key: version %d of %s key: %w", version, out.Type, err)
+		}
+		info.Created[version] = created
+	}
+	return info, nil
+}
+
+// creationTime reads one entry of the "keys" map of a key read. Vault
+// v1.21.0 sends two shapes: for aes*-gcm96, chacha20-poly1305 and aes*-cbc
+// the version's creation time in unix seconds; for rsa, ecdsa, ed25519 and
+// the post-quantum types an object whose "creation_time" is RFC 3339 with
+// nanoseconds. Both are reduced to unix seconds: for asymmetric keys Vault
+// stores the two records from one clock reading, so the integer of the
+// first shape equals the second truncated, and a key_id derived from it
+// does not change if a Vault upgrade moves a type from one shape to the
+// other.
+func creationTime(raw json.RawMessage) (int64, error) {
+	var secs int64
+	if err := json.Unmarshal(raw, &secs); err == nil {
+		if secs <= 0 {
+			return 0, fmt.Errorf("creation time %d is not a time", secs)
+		}
+		return secs, nil
+	}
+	var obj struct {
+		CreationTime *time.Time `json:"creation_time"`
+	}
+	if err := json.Unmarshal(raw, &obj); err != nil || obj.CreationTime == nil {
+		return 0, errors.New("no creation time (neither unix seconds nor an object with creation_time)")
+	}
+	if secs = obj.CreationTime.Unix(); secs <= 0 {
+		return 0, fmt.Errorf("creation time %s is not a time", obj.CreationTime.Format(time.RFC3339))
+	}
+	return secs, nil
 }
 
 // HMAC computes the HMAC of input under one version of the key, returning

@@ -107,8 +107,9 @@ func StartPersistent(t testing.TB) *Server {
 }
 
 // startRaftNode starts one Vault node on integrated storage in a temporary
-// directory, with a TLS listener requiring client certificates when tls is
-// set. It is neither initialised nor unsealed; it stops when the test ends.
+// directory, with a TLS listener when tls is set (requiring client
+// certificates unless tls.NoClientAuth). It is neither initialised nor
+// unsealed; it stops when the test ends.
 func startRaftNode(t testing.TB, bin, nodeID string, tls *TLSFiles) *Server {
 	t.Helper()
 	s := &Server{t: t, bin: bin, Dir: t.TempDir(), port: FreePort(t), persistent: true, tls: tls}
@@ -116,9 +117,12 @@ func startRaftNode(t testing.TB, bin, nodeID string, tls *TLSFiles) *Server {
 	if tls != nil {
 		scheme = "https"
 		listenerTLS = fmt.Sprintf(`tls_cert_file = %q
-  tls_key_file = %q
+  tls_key_file = %q`, tls.ServerCertFile, tls.ServerKey)
+		if !tls.NoClientAuth {
+			listenerTLS += fmt.Sprintf(`
   tls_client_ca_file = %q
-  tls_require_and_verify_client_cert = true`, tls.ServerCertFile, tls.ServerKey, tls.CAFile)
+  tls_require_and_verify_client_cert = true`, tls.CAFile)
+		}
 		s.httpc = tls.httpClient(t)
 	}
 	s.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, s.port)
@@ -400,4 +404,26 @@ func WaitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool 
 		}
 	}
 	return cond()
+}
+
+// RevokeAppRoleTokens revokes every token issued by AppRole logins, as an
+// operator cleaning up after a leaked credential would.
+func (s *Server) RevokeAppRoleTokens() {
+	s.t.Helper()
+	_, err := s.Client.Logical().Write("sys/leases/revoke-prefix/auth/approle/login", nil)
+	s.Must(err, "revoke AppRole tokens")
+}
+
+// LockedUsers is the number of users (AppRole role_ids among them) that
+// Vault's user lockout holds locked right now (sys/locked-users).
+func (s *Server) LockedUsers() int {
+	s.t.Helper()
+	sec, err := s.Client.Logical().Read("sys/locked-users")
+	s.Must(err, "read sys/locked-users")
+	if sec == nil || sec.Data["total"] == nil {
+		return 0
+	}
+	n, err := strconv.Atoi(fmt.Sprint(sec.Data["total"]))
+	s.Must(err, "parse sys/locked-users total")
+	return n
 }

@@ -6,11 +6,8 @@ path "transit/encrypt/kubernetes" {
 path "transit/decrypt/kubernetes" {
   capabilities = ["update"]
 }
-# Read the key's metadata for Status (latest version; never key material).
+# Read the key's metadata for Status and the key_id (versions and their
+# creation times; never key material).
 path "transit/keys/kubernetes" {
   capabilities = ["read"]
-}
-# HMAC a fixed label to fingerprint each key version in the key_id.
-path "transit/hmac/kubernetes" {
-  capabilities = ["update"]
 }

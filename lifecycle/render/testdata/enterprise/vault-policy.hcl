@@ -6,11 +6,8 @@ path "kubernetes/teams/platform/transit/encrypt/Prod_Key.v1" {
 path "kubernetes/teams/platform/transit/decrypt/Prod_Key.v1" {
   capabilities = ["update"]
 }
-# Read the key's metadata for Status (latest version; never key material).
+# Read the key's metadata for Status and the key_id (versions and their
+# creation times; never key material).
 path "kubernetes/teams/platform/transit/keys/Prod_Key.v1" {
   capabilities = ["read"]
-}
-# HMAC a fixed label to fingerprint each key version in the key_id.
-path "kubernetes/teams/platform/transit/hmac/Prod_Key.v1" {
-  capabilities = ["update"]
 }
