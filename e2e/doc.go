@@ -28,7 +28,8 @@
 //
 // And key rotation (kmsctl, part 3):
 //
-//   - TestMigrate: after a rotation, `kmsctl migrate --engine=direct` rewrites
-//     every Secret still under the old transit version, and a fresh etcd scan
-//     shows none left.
+//   - TestRotate: `kmsctl rotate` on two API servers rotates the transit
+//     key, waits until both report the plugin's new key_id, then rewrites
+//     (--engine=direct) every Secret still under the old transit version, and
+//     a fresh etcd scan shows none left.
 package e2e

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // Limits from the KMSv2 contract and Vault transit.
@@ -72,7 +74,7 @@ func parseVersion(s string) (int, error) {
 }
 
 // keyIDPrefix starts every key_id this plugin issues.
-const keyIDPrefix = "vault-transit:"
+const keyIDPrefix = contract.KeyIDPrefix
 
 // maxKeyName bounds mount+key so key_id stays far below the contract's
 // 1024 bytes.
@@ -113,11 +115,11 @@ func hmacKeyID(mount, key string, version int, fingerprint []byte) string {
 // metadataKeyID is the metadata form of the key_id of version of mount/key,
 // created at the given unix second.
 func metadataKeyID(mount, key string, version int, created int64) string {
-	return formatKeyID(mount, key, version, strconv.FormatInt(created, 10))
+	return contract.MetadataKeyID(mount, key, version, created)
 }
 
 func formatKeyID(mount, key string, version int, tag string) string {
-	return fmt.Sprintf("%s%s/%s:v%d:%s", keyIDPrefix, strings.Trim(mount, "/"), key, version, tag)
+	return contract.KeyID(mount, key, version, tag)
 }
 
 // parsedKeyID is the part of a key_id this plugin relies on.

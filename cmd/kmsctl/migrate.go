@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate"
@@ -81,7 +82,7 @@ older version; otherwise it lists what remains and exits non-zero.
 Run it only after every API server reports the new key_id (its
 apiserver_envelope_encryption_key_id_hash metric, or kmsctl status): an API
 server still on the old key_id writes the object under the old key again.
-(kmsctl rotate, to come, waits for that and fills --transit-version in.)
+(kmsctl rotate waits for that and fills --transit-version in.)
 
 --engine=direct is migrate's own engine: --workers rewrites in flight, at
 most --qps objects per second (each is a GET and a PUT); a conflict or a
@@ -110,9 +111,15 @@ json).`,
 // AddFlags registers the options' flags.
 func (o *migrateOptions) AddFlags(fs *pflag.FlagSet) {
 	o.scanOptions.AddFlags(fs, nil)
+	fs.IntVar(&o.transitVersion, "transit-version", 0, "the current transit key version: objects under older versions are rewritten (required)")
+	o.addRewriteFlags(fs)
+}
+
+// addRewriteFlags registers how to rewrite (all but what to scan and which
+// version is current), shared with rotate.
+func (o *migrateOptions) addRewriteFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	fs.StringVar(&o.engine, "engine", "direct", "migration engine: direct (svm is not implemented yet)")
-	fs.IntVar(&o.transitVersion, "transit-version", 0, "the current transit key version: objects under older versions are rewritten (required)")
 	fs.BoolVar(&o.includeUnencrypted, "include-unencrypted", false, "also rewrite objects stored unencrypted (identity), so they get encrypted")
 	fs.IntVar(&o.workers, "workers", migrate.DefaultWorkers, "rewrites in flight at once")
 	fs.Float64Var(&o.qps, "qps", migrate.DefaultQPS, "at most this many objects rewritten per second (each is a GET and a PUT)")
@@ -122,20 +129,25 @@ func (o *migrateOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate checks the flags. It reads no file.
 func (o *migrateOptions) Validate() error {
-	switch {
-	case o.engine == "svm":
-		return errors.New("--engine=svm is not implemented yet: use --engine=direct")
-	case o.engine != "direct":
-		return fmt.Errorf("--engine must be direct, not %q", o.engine)
-	case len(o.etcd.Endpoints) > 0 && !o.resourcesSet():
+	if len(o.etcd.Endpoints) > 0 && !o.resourcesSet() {
 		return errors.New("--resources is required: name every resource the EncryptionConfiguration encrypts")
 	}
 	if err := o.scanOptions.Validate(false); err != nil {
 		return err
 	}
-	switch {
-	case o.transitVersion < 1:
+	if o.transitVersion < 1 {
 		return errors.New("--transit-version is required: the transit key version every API server now encrypts with")
+	}
+	return o.validateRewrite()
+}
+
+// validateRewrite checks the flags of addRewriteFlags.
+func (o *migrateOptions) validateRewrite() error {
+	switch {
+	case o.engine == "svm":
+		return errors.New("--engine=svm is not implemented yet: use --engine=direct")
+	case o.engine != "direct":
+		return fmt.Errorf("--engine must be direct, not %q", o.engine)
 	case o.workers < 1:
 		return errors.New("--workers must be positive")
 	case o.qps <= 0:
@@ -219,11 +231,9 @@ func (l *scanLister) List(ctx context.Context) ([]migrate.Object, error) {
 // Run scans, rewrites what is stale, scans again and reports; stale
 // objects left are printed, then returned as an error (non-zero exit).
 func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) error {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = o.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	cfg, err := loadKubeconfig(o.kubeconfig)
 	if err != nil {
-		return fmt.Errorf("load kubeconfig: %w", err)
+		return err
 	}
 	rw, err := kube.New(cfg, o.qps)
 	if err != nil {
@@ -307,4 +317,15 @@ func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 		fmt.Fprintf(w, "  %s\n", obj)
 	}
 	return nil
+}
+
+// loadKubeconfig loads path, else $KUBECONFIG, else ~/.kube/config.
+func loadKubeconfig(path string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	return cfg, nil
 }

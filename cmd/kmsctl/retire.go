@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rotation"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/transit"
@@ -24,21 +22,13 @@ import (
 // retireOptions are the flags of `kmsctl retire`.
 type retireOptions struct {
 	scanOptions
-	configPath     string
-	vaultAddress   string
-	vaultKeyPath   string
-	vaultNamespace string
-	tlsCAFile      string
-	tlsServerName  string
-	tokenPath      string
-	to             int
-	undo           bool
-	dryRun         bool
-	limit          int
-	output         string
-	timeout        time.Duration
-	// getenv reads VAULT_TOKEN; tests replace it.
-	getenv func(string) string
+	vaultOptions
+	to      int
+	undo    bool
+	dryRun  bool
+	limit   int
+	output  string
+	timeout time.Duration
 }
 
 // RetireReport is `kmsctl retire -o json`: what was seen, decided and done.
@@ -53,7 +43,7 @@ func newRetireCmd() *cobra.Command { return newRetireCmdEnv(os.Getenv) }
 
 // newRetireCmdEnv is newRetireCmd reading VAULT_TOKEN through getenv.
 func newRetireCmdEnv(getenv func(string) string) *cobra.Command {
-	o := &retireOptions{getenv: getenv}
+	o := &retireOptions{vaultOptions: vaultOptions{getenv: getenv}}
 	cmd := &cobra.Command{
 		Use:   "retire (--config kms.yaml | --vault-address URL --vault-key-path MOUNT/keys/NAME --resources R,...) --etcd-endpoints URL[,URL...] [--to N] [--undo] [--dry-run]",
 		Short: "Raise the transit key's min_decryption_version once etcd holds nothing under the older versions (--undo lowers it)",
@@ -98,13 +88,7 @@ render). Other VAULT_* variables are ignored: TLS is always verified.`,
 // AddFlags registers the options' flags.
 func (o *retireOptions) AddFlags(fs *pflag.FlagSet) {
 	o.scanOptions.AddFlags(fs, nil)
-	fs.StringVar(&o.configPath, "config", "", "kms.yaml: the Vault address, key path, namespace and TLS, and the resources (encryption.resources)")
-	fs.StringVar(&o.vaultAddress, "vault-address", "", "Vault's address, https://host[:port] (http only to loopback)")
-	fs.StringVar(&o.vaultKeyPath, "vault-key-path", "", "the transit key, <mount>/keys/<name>")
-	fs.StringVar(&o.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace of the transit mount")
-	fs.StringVar(&o.tlsCAFile, "tls-ca-file", "", "PEM CA bundle that verifies Vault (default: system roots)")
-	fs.StringVar(&o.tlsServerName, "tls-server-name", "", "TLS name to verify instead of the address's host")
-	fs.StringVar(&o.tokenPath, "vault-token-path", "", "file holding the operator's Vault token (default: $VAULT_TOKEN)")
+	o.vaultOptions.AddFlags(fs)
 	fs.IntVar(&o.to, "to", 0, "the min_decryption_version to set (default: as far as the scan allows; with --undo, the oldest version Vault holds)")
 	fs.BoolVar(&o.undo, "undo", false, "lower min_decryption_version instead (no scan needed)")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print the decision and change nothing")
@@ -133,36 +117,16 @@ func (o *retireOptions) Validate() error {
 		return fmt.Errorf("-o must be table or json, not %q", o.output)
 	case o.timeout <= 0:
 		return errors.New("--timeout must be positive")
-	case !configGiven && o.vaultAddress == "":
-		return errors.New("--vault-address is required (or --config)")
-	case !configGiven && o.vaultKeyPath == "":
-		return errors.New("--vault-key-path is required (or --config)")
-	case o.tokenPath == "" && o.getenv("VAULT_TOKEN") == "":
-		return errors.New("no Vault token: set VAULT_TOKEN or --vault-token-path (a token is never a flag value)")
 	}
-	if o.vaultAddress != "" {
-		if err := transit.CheckAddress(o.vaultAddress); err != nil {
-			return fmt.Errorf("--vault-address: %w", err)
-		}
-	}
-	if o.vaultKeyPath != "" {
-		if _, _, err := transit.SplitKeyPath(o.vaultKeyPath); err != nil {
-			return fmt.Errorf("--vault-key-path: %w", err)
-		}
-	}
-	return nil
+	return o.vaultOptions.Validate()
 }
 
 // Run scans, decides and applies; a refusal is printed, then returned as
 // an error so the exit status is non-zero.
 func (o *retireOptions) Run(ctx context.Context, stdout io.Writer) error {
-	var cfg *config.Config
-	if o.configPath != "" {
-		c, err := config.Load(o.configPath)
-		if err != nil {
-			return err
-		}
-		cfg = c
+	cfg, err := o.loadConfig()
+	if err != nil {
+		return err
 	}
 	tc, err := o.transitConfig(cfg)
 	if err != nil {
@@ -208,45 +172,6 @@ func (o *retireOptions) Run(ctx context.Context, stdout io.Writer) error {
 		return fmt.Errorf("retire refused: %s", res.Decision.Reason)
 	}
 	return nil
-}
-
-// transitConfig merges the flags over kms.yaml and reads the token.
-func (o *retireOptions) transitConfig(cfg *config.Config) (transit.Config, error) {
-	tc := transit.Config{Address: o.vaultAddress, KeyPath: o.vaultKeyPath, Namespace: o.vaultNamespace,
-		CAFile: o.tlsCAFile, ServerName: o.tlsServerName, Timeout: 30 * time.Second}
-	if cfg != nil {
-		v := &cfg.Vault
-		if addrs := v.Addresses(); tc.Address == "" && len(addrs) > 0 {
-			// Any node serves: standbys forward to the active one.
-			tc.Address = addrs[0]
-		}
-		tc.KeyPath = cmp.Or(tc.KeyPath, v.VaultKeyPath)
-		tc.Namespace = cmp.Or(tc.Namespace, v.VaultNamespace)
-		tc.CAFile = cmp.Or(tc.CAFile, v.TLS.CABundlePath)
-		tc.ServerName = cmp.Or(tc.ServerName, v.TLS.ServerName)
-		if tc.Address == "" || tc.KeyPath == "" {
-			return tc, fmt.Errorf("%s: vault.vaultAddress and vault.vaultKeyPath are required (or --vault-address and --vault-key-path)", o.configPath)
-		}
-		if err := transit.CheckAddress(tc.Address); err != nil {
-			return tc, fmt.Errorf("%s: vault.vaultAddress: %w", o.configPath, err)
-		}
-		if _, _, err := transit.SplitKeyPath(tc.KeyPath); err != nil {
-			return tc, fmt.Errorf("%s: vault.vaultKeyPath: %w", o.configPath, err)
-		}
-	}
-	if o.tokenPath != "" {
-		b, err := os.ReadFile(o.tokenPath)
-		if err != nil {
-			return tc, fmt.Errorf("--vault-token-path: %w", err)
-		}
-		tc.Token = strings.TrimSpace(string(b))
-		if tc.Token == "" {
-			return tc, fmt.Errorf("--vault-token-path: %s is empty", o.tokenPath)
-		}
-	} else {
-		tc.Token = strings.TrimSpace(o.getenv("VAULT_TOKEN"))
-	}
-	return tc, nil
 }
 
 // transitKey adapts transit.Client to rotation.Key.

@@ -2,9 +2,7 @@ package cluster
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/apiserver"
 	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
@@ -272,10 +271,7 @@ func (a *APIServer) Metrics(ctx context.Context) (string, error) {
 }
 
 // KeyIDHash is how kube-apiserver labels a key_id in its metrics.
-func KeyIDHash(keyID string) string {
-	sum := sha256.Sum256([]byte(keyID))
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func KeyIDHash(keyID string) string { return apiserver.KeyIDHash(keyID) }
 
 // HasSeenKeyID reports whether the API server's metrics show that the
 // plugin's Status returned keyID.

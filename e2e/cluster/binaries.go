@@ -87,6 +87,12 @@ func Kmsctl(t testing.TB, args ...string) (stdout, stderr string, err error) {
 	return run(kmsctlBinary.find(t), nil, args...)
 }
 
+// KmsctlEnv is Kmsctl with extra environment variables (VAULT_TOKEN).
+func KmsctlEnv(t testing.TB, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	return run(kmsctlBinary.find(t), env, args...)
+}
+
 // Cosign runs the real cosign CLI with extra environment variables.
 func Cosign(t testing.TB, env []string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()

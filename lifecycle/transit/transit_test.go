@@ -2,6 +2,7 @@ package transit
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
@@ -78,7 +79,7 @@ func TestClient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if k.Name != "transit/k" || k.Latest != 3 || k.MinDecryption != 2 || len(k.Versions) != 3 || k.Versions[2] != 3 {
+		if k.Name != "transit/k" || k.Latest != 3 || k.MinDecryption != 2 || len(k.Versions) != 3 || k.Versions[2] != 3 || k.Created[3] != 3 {
 			t.Errorf("key %+v", k)
 		}
 		if got := seen.Get("X-Vault-Token"); got != testToken {
@@ -149,4 +150,26 @@ func TestConfigChecks(t *testing.T) {
 			t.Fatalf("%q %q %v", m, n, err)
 		}
 	})
+}
+
+// Vault v1.21.0 gives symmetric keys' creation times as unix seconds and
+// rsa keys' as an object with an RFC 3339 creation_time; both must give
+// the second the plugin puts in its key_id.
+func TestCreationTime(t *testing.T) {
+	tests := []struct {
+		in   any
+		want int64
+		err  bool
+	}{
+		{in: json.Number("1795459705"), want: 1795459705},
+		{in: map[string]any{"creation_time": "2026-11-23T19:28:25.123456789Z", "name": "rsa-2048"}, want: 1795462105},
+		{in: map[string]any{"name": "no time"}, err: true},
+		{in: "1795459705", err: true},
+	}
+	for _, tt := range tests {
+		got, err := creationTime(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("creationTime(%v) = %d, %v; want %d (error %v)", tt.in, got, err, tt.want, tt.err)
+		}
+	}
 }

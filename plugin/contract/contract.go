@@ -5,7 +5,11 @@
 // link it without pulling each other's dependencies.
 package contract
 
-import "strings"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // FlagInterfaceLabel is the OCI image label (config Labels) that declares
 // which argument list the image's entrypoint accepts. kmsctl verify-image
@@ -93,4 +97,25 @@ path "{mount}/hmac/{key}" {
 `
 	}
 	return r.Replace(p)
+}
+
+// KeyIDPrefix starts every key_id the plugin issues.
+const KeyIDPrefix = "vault-transit:"
+
+// KeyID is the key_id the plugin reports for version of transit key key at
+// mount, with tag naming that version's key material:
+//
+//	vault-transit:<mount>/<key>:v<N>:<tag>
+//
+// Both binaries compute it: the plugin to report it, kmsctl to find it in
+// each API server's metrics (which carry only its hash) after a rotation.
+func KeyID(mount, key string, version int, tag string) string {
+	return fmt.Sprintf("%s%s/%s:v%d:%s", KeyIDPrefix, strings.Trim(mount, "/"), key, version, tag)
+}
+
+// MetadataKeyID is the key_id of the plugin's default -key-id-mode=metadata:
+// the tag is the version's creation time in unix seconds, which reading the
+// key gives on every node alike.
+func MetadataKeyID(mount, key string, version int, created int64) string {
+	return KeyID(mount, key, version, strconv.FormatInt(created, 10))
 }

@@ -1,0 +1,116 @@
+// Package apiserver observes kube-apiservers through what each reports about
+// its KMS providers in its own metrics, read from each API server's own
+// address: behind a load balancer, one request would see one API server.
+package apiserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"k8s.io/client-go/rest"
+)
+
+// statusKeyIDMetric is set by the API server each time a KMSv2 plugin's
+// Status returns a key_id, labelled with the key_id's hash (checked in
+// k8s.io/apiserver v0.37.2, storage/value/encrypt/envelope/metrics).
+const statusKeyIDMetric = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
+
+// KeyIDHash is how kube-apiserver labels a key_id in its metrics.
+func KeyIDHash(keyID string) string {
+	sum := sha256.Sum256([]byte(keyID))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Observer reads one API server's metrics.
+type Observer struct {
+	// URL is the API server's own address, https://host:port.
+	URL    string
+	client *http.Client
+}
+
+// New returns an Observer of the API server at url, with cfg's credentials
+// and TLS settings (a kubeconfig's), whatever server cfg names.
+func New(cfg *rest.Config, url string) (*Observer, error) {
+	c := rest.CopyConfig(cfg)
+	c.Host = url
+	hc, err := rest.HTTPClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("API server %s: %w", url, err)
+	}
+	return &Observer{URL: strings.TrimRight(url, "/"), client: hc}, nil
+}
+
+// StatusKeyIDs returns the hashes (KeyIDHash) of the key_ids the API
+// server's KMS Status polls have returned, with when each was last seen.
+// It needs "get" on the non-resource URL /metrics.
+func (o *Observer) StatusKeyIDs(ctx context.Context) (map[string]time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	o.probeKMS(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read metrics of API server %s: %w", o.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("read metrics of API server %s: %s: %s (the kubeconfig's user needs get on /metrics)", o.URL, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return parseStatusKeyIDs(resp.Body)
+}
+
+// parseStatusKeyIDs reads statusKeyIDMetric from a metrics exposition.
+func parseStatusKeyIDs(r io.Reader) (map[string]time.Time, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("parse metrics: %w", err)
+	}
+	out := map[string]time.Time{}
+	f := families[statusKeyIDMetric]
+	if f == nil {
+		return out, nil // no KMSv2 Status answered yet
+	}
+	for _, m := range f.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() != "key_id_hash" {
+				continue
+			}
+			at := time.Unix(int64(m.GetGauge().GetValue()), 0)
+			if at.After(out[l.GetValue()]) {
+				out[l.GetValue()] = at
+			}
+		}
+	}
+	return out, nil
+}
+
+// Name is the API server's address.
+func (o *Observer) Name() string { return o.URL }
+
+// probeKMS asks the API server's kms-providers readiness check, as a
+// kubelet's probe does: the API server calls its plugins' Status (and
+// records the key_id) when the check runs, at most once a minute while
+// healthy. Its answer does not matter here, and neither does a failure.
+func (o *Observer) probeKMS(ctx context.Context) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL+"/readyz/kms-providers", nil)
+	if err != nil {
+		return
+	}
+	if resp, err := o.client.Do(req); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+}
