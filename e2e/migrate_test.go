@@ -108,4 +108,76 @@ func TestRotate(t *testing.T) {
 	}
 	assertReads(t, a, secrets)
 	assertReads(t, b, secrets)
+
+	// kmsctl status: v1 is safe to retire, both API servers on v2.
+	kmsctl := func(cmd string, args ...string) (string, string, error) {
+		return cluster.KmsctlEnv(t, []string{"VAULT_TOKEN=" + c.Vault.RootToken}, append([]string{cmd,
+			"--vault-address", c.Vault.Addr, "--vault-key-path", c.TransitMount + "/keys/" + c.TransitKey,
+			"--etcd-endpoints", c.Etcd.Endpoint, "--resources", "secrets"}, args...)...)
+	}
+	status := func() statusReport {
+		t.Helper()
+		stdout, stderr, err := kmsctl("status", "--apiservers", a.URL+","+b.URL, "--kubeconfig", kubeconfig, "-o", "json")
+		if err != nil {
+			t.Fatalf("kmsctl status: %v\n%s%s", err, stdout, stderr)
+		}
+		var st statusReport
+		if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+			t.Fatalf("kmsctl status -o json: %v\n%s", err, stdout)
+		}
+		return st
+	}
+	st := status()
+	if v := st.verdicts(); v != "v1:safe-to-retire v2:current" {
+		t.Errorf("kmsctl status verdicts after rotate: %s, want v1 safe to retire and v2 current", v)
+	}
+	for _, api := range st.APIServers {
+		if api.KeyVersion != version || api.ConfigHash == "" || api.Error != "" {
+			t.Errorf("kmsctl status says %s is on v%d (config %q, error %q), want v%d", api.URL, api.KeyVersion, api.ConfigHash, api.Error, version)
+		}
+	}
+
+	// kmsctl retire raises min_decryption_version to 2, and after a restart
+	// (no DEK cache) both API servers still read every Secret.
+	stdout, stderr, err = kmsctl("retire")
+	if err != nil {
+		t.Fatalf("kmsctl retire: %v\n%s%s", err, stdout, stderr)
+	}
+	t.Logf("kmsctl retire:\n%s", stdout)
+	if v := status().verdicts(); v != "v1:retired v2:current" {
+		t.Errorf("kmsctl status verdicts after retire: %s, want v1 retired", v)
+	}
+	for _, api := range c.APIServers {
+		api.Restart()
+		api.WaitReady(2 * time.Minute)
+		assertReads(t, api, secrets)
+	}
+}
+
+// statusReport is the part of `kmsctl status -o json` the e2e checks.
+type statusReport struct {
+	TransitKey *struct {
+		Versions []struct {
+			Version int
+			Verdict string
+		}
+	}
+	APIServers []struct {
+		URL        string
+		KeyVersion int
+		ConfigHash string
+		Error      string
+	}
+}
+
+// verdicts is "v1:<verdict> v2:<verdict> ...".
+func (s statusReport) verdicts() string {
+	if s.TransitKey == nil {
+		return "no transit key section"
+	}
+	var out []string
+	for _, v := range s.TransitKey.Versions {
+		out = append(out, fmt.Sprintf("v%d:%s", v.Version, v.Verdict))
+	}
+	return strings.Join(out, " ")
 }

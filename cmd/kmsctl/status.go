@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -13,28 +14,62 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/apiserver"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rotation"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/transit"
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // statusOptions are the flags of `kmsctl status`.
 type statusOptions struct {
 	scanOptions
-	configPath string
+	vaultOptions
+	kubeconfig string
+	apiservers []string
 	output     string
 	timeout    time.Duration
 }
 
 // StatusReport is `kmsctl status -o json`. Fields are only ever added: the
-// API servers, StorageVersionMigrations, plugin Status and transit key
-// sections will join Scan here.
+// StorageVersionMigrations and plugin Status sections will join here.
 type StatusReport struct {
 	// Scan is what etcd holds for each encrypted resource.
 	Scan scan.Report `json:"scan"`
+	// TransitKey is the key's versions with a verdict on each; absent
+	// without a Vault token.
+	TransitKey *TransitKeyStatus `json:"transitKey,omitempty"`
+	// APIServers is what each API server of --apiservers reports.
+	APIServers []APIServerStatus `json:"apiServers,omitempty"`
 }
 
-func newStatusCmd() *cobra.Command {
-	o := &statusOptions{}
+// TransitKeyStatus is the transit key as Vault reports it, judged against
+// the scan.
+type TransitKeyStatus struct {
+	rotation.KeyState
+	Address  string                    `json:"address"`
+	Versions []rotation.VersionVerdict `json:"versions"`
+}
+
+// APIServerStatus is one API server's view.
+type APIServerStatus struct {
+	URL string `json:"url"`
+	// KeyIDHash is the hash of the key_id its plugin's Status returned
+	// last (kube-apiserver's metrics carry only hashes); KeyVersion is the
+	// transit key version it names, 0 when the transit key section is
+	// absent or the key_id is not one of the key's metadata key_ids.
+	KeyIDHash  string `json:"keyIDHash,omitempty"`
+	KeyVersion int    `json:"keyVersion,omitempty"`
+	// ConfigHash is the loaded EncryptionConfiguration's sha256.
+	ConfigHash string `json:"configHash,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+func newStatusCmd() *cobra.Command { return newStatusCmdEnv(os.Getenv) }
+
+// newStatusCmdEnv is newStatusCmd reading VAULT_TOKEN through getenv.
+func newStatusCmdEnv(getenv func(string) string) *cobra.Command {
+	o := &statusOptions{vaultOptions: vaultOptions{getenv: getenv}}
 	cmd := &cobra.Command{
 		Use:   "status --etcd-endpoints URL[,URL...] [--resources secrets,... | --config kms.yaml] [-o table|json]",
 		Short: "Show how the encrypted resources are stored in etcd: per provider, key_id and transit key version",
@@ -51,10 +86,18 @@ read where kube-apiserver (--etcd-prefix) stores them: secrets under
 resources under /registry/<group>/<resource>/. Wildcards (*.apps) are refused:
 name the resources.
 
-Not shown yet (a later kmsctl release): each API server's key_id and loaded
-EncryptionConfiguration, StorageVersionMigrations, each plugin's Status, the
-transit key's versions and min_decryption_version, and the verdict per
-version. -o json keeps its shape when they are added.`,
+With a Vault token ($VAULT_TOKEN or --vault-token-path; the operator policy
+suffices) and the key (--vault-address and --vault-key-path, or --config), it
+also shows the transit key's versions and min_decryption_version, with a
+verdict per version: current, needed (objects under it: migrate), safe to
+retire (kmsctl retire may raise min_decryption_version above it), retired,
+or retired but needed. With --apiservers (each API server's own address,
+the kubeconfig's credentials), it shows the key_id each one's plugin
+reported last, as a key version, and the hash of the EncryptionConfiguration
+it loaded.
+
+Not shown yet: StorageVersionMigrations and each plugin's Status. -o json
+keeps its shape when they are added.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -71,7 +114,9 @@ version. -o json keeps its shape when they are added.`,
 // AddFlags registers the options' flags.
 func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
 	o.scanOptions.AddFlags(fs, []string{"secrets"})
-	fs.StringVar(&o.configPath, "config", "", "take the resources from encryption.resources of this kms.yaml instead of --resources")
+	o.vaultOptions.AddFlags(fs)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig whose credentials read each API server's metrics (default: $KUBECONFIG, then ~/.kube/config)")
+	fs.StringSliceVar(&o.apiservers, "apiservers", nil, "every API server's own https://host:port, to show the key_id and EncryptionConfiguration each reports")
 	fs.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on etcd after this long")
 }
@@ -87,18 +132,30 @@ func (o *statusOptions) Validate() error {
 	case o.timeout <= 0:
 		return errors.New("--timeout must be positive")
 	}
+	for _, u := range o.apiservers {
+		if err := checkAPIServerURL(u); err != nil {
+			return fmt.Errorf("--apiservers: %w", err)
+		}
+	}
+	if o.vaultWanted() {
+		return o.vaultOptions.Validate()
+	}
 	return nil
 }
 
-// Run scans etcd and prints the report.
+// vaultWanted is whether the transit key section is asked for: an explicit
+// --vault-address, or --config with a token at hand.
+func (o *statusOptions) vaultWanted() bool {
+	return o.vaultAddress != "" || o.vaultKeyPath != "" ||
+		(o.configPath != "" && (o.tokenPath != "" || o.getenv("VAULT_TOKEN") != ""))
+}
+
+// Run scans etcd, asks Vault and the API servers when asked to, and prints
+// the report.
 func (o *statusOptions) Run(ctx context.Context, stdout io.Writer) error {
-	var cfg *config.Config
-	if o.configPath != "" {
-		c, err := config.Load(o.configPath)
-		if err != nil {
-			return err
-		}
-		cfg = c
+	cfg, err := o.loadConfig()
+	if err != nil {
+		return err
 	}
 	resources, err := o.Resources(cfg, o.configPath)
 	if err != nil {
@@ -111,6 +168,50 @@ func (o *statusOptions) Run(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	status := StatusReport{Scan: rep}
+	// versions maps each key version's metadata key_id hash to it.
+	versions := map[string]int{}
+	if o.vaultWanted() {
+		tc, err := o.transitConfig(cfg)
+		if err != nil {
+			return err
+		}
+		client, err := transit.New(tc)
+		if err != nil {
+			return err
+		}
+		key, err := client.ReadKey(ctx)
+		if err != nil {
+			return err
+		}
+		state := rotation.KeyState{Name: key.Name, Latest: key.Latest, MinDecryption: key.MinDecryption,
+			MinEncryption: key.MinEncryption, MinAvailable: key.MinAvailable}
+		status.TransitKey = &TransitKeyStatus{KeyState: state, Address: tc.Address, Versions: rotation.Verdicts(state, rep)}
+		mount, name, _ := transit.SplitKeyPath(tc.KeyPath)
+		for v, created := range key.Created {
+			versions[apiserver.KeyIDHash(contract.MetadataKeyID(mount, name, v, created))] = v
+		}
+	}
+	if len(o.apiservers) > 0 {
+		kube, err := loadKubeconfig(o.kubeconfig)
+		if err != nil {
+			return err
+		}
+		for _, u := range o.apiservers {
+			st := APIServerStatus{URL: u}
+			obs, err := apiserver.New(kube, u)
+			if err == nil {
+				var seen apiserver.Observation
+				if seen, err = obs.Observe(ctx); err == nil {
+					st.KeyIDHash, st.ConfigHash = seen.CurrentKeyID(), seen.ConfigHash
+					st.KeyVersion = versions[st.KeyIDHash]
+				}
+			}
+			if err != nil {
+				st.Error = err.Error()
+			}
+			status.APIServers = append(status.APIServers, st)
+		}
+	}
 	if o.output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -150,6 +251,25 @@ func writeStatusTable(w io.Writer, s StatusReport) error {
 				}
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Resource, g.Class, dash(g.Provider), transitKey, version, keyID, g.Count, first)
+		}
+	}
+	if k := s.TransitKey; k != nil {
+		fmt.Fprintf(tw, "\ntransit key %s at %s: latest_version %d, min_decryption_version %d\n\n", k.Name, k.Address, k.Latest, k.MinDecryption)
+		fmt.Fprintln(tw, "VERSION\tOBJECTS\tDECRYPTABLE\tVERDICT\tWHY")
+		for _, v := range k.Versions {
+			fmt.Fprintf(tw, "v%d\t%d\t%t\t%s\t%s\n", v.Version, v.Objects, v.Decryptable, v.Verdict, v.Reason)
+		}
+	}
+	if len(s.APIServers) > 0 {
+		fmt.Fprintln(tw, "\nAPI SERVER\tKEY VERSION\tKEY_ID HASH\tENCRYPTION CONFIG\tERROR")
+		for _, a := range s.APIServers {
+			version := "-"
+			if a.KeyVersion > 0 {
+				version = "v" + strconv.Itoa(a.KeyVersion)
+			} else if a.KeyIDHash != "" {
+				version = "unknown"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.URL, version, dash(a.KeyIDHash), dash(a.ConfigHash), dash(a.Error))
 		}
 	}
 	return tw.Flush()

@@ -48,53 +48,90 @@ func New(cfg *rest.Config, url string) (*Observer, error) {
 	return &Observer{URL: strings.TrimRight(url, "/"), client: hc}, nil
 }
 
-// StatusKeyIDs returns the hashes (KeyIDHash) of the key_ids the API
-// server's KMS Status polls have returned, with when each was last seen.
-// It needs "get" on the non-resource URL /metrics.
-func (o *Observer) StatusKeyIDs(ctx context.Context) (map[string]time.Time, error) {
+// Observation is what one API server reports about its encryption.
+type Observation struct {
+	// KeyIDs maps the hash (KeyIDHash) of each key_id its KMSv2 plugins'
+	// Status returned to when it was last returned.
+	KeyIDs map[string]time.Time `json:"keyIDs"`
+	// ConfigHash is "sha256:<hex>" of the EncryptionConfiguration file it
+	// has loaded (with --encryption-provider-config-automatic-reload),
+	// empty if it does not say.
+	ConfigHash string `json:"configHash,omitempty"`
+}
+
+// CurrentKeyID is the hash of the key_id Status returned last, empty if
+// none.
+func (o Observation) CurrentKeyID() string {
+	var hash string
+	var at time.Time
+	for h, t := range o.KeyIDs {
+		if t.After(at) || (t.Equal(at) && h > hash) {
+			hash, at = h, t
+		}
+	}
+	return hash
+}
+
+// Observe reads the API server's metrics once, after asking its
+// kms-providers check so that its plugins' Status is fresh. It needs "get"
+// on the non-resource URLs /metrics and /readyz.
+func (o *Observer) Observe(ctx context.Context) (Observation, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	o.probeKMS(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL+"/metrics", nil)
 	if err != nil {
-		return nil, err
+		return Observation{}, err
 	}
 	resp, err := o.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("read metrics of API server %s: %w", o.URL, err)
+		return Observation{}, fmt.Errorf("read metrics of API server %s: %w", o.URL, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("read metrics of API server %s: %s: %s (the kubeconfig's user needs get on /metrics)", o.URL, resp.Status, strings.TrimSpace(string(body)))
+		return Observation{}, fmt.Errorf("read metrics of API server %s: %s: %s (the kubeconfig's user needs get on /metrics)", o.URL, resp.Status, strings.TrimSpace(string(body)))
 	}
-	return parseStatusKeyIDs(resp.Body)
+	return parseObservation(resp.Body)
 }
 
-// parseStatusKeyIDs reads statusKeyIDMetric from a metrics exposition.
-func parseStatusKeyIDs(r io.Reader) (map[string]time.Time, error) {
+// StatusKeyIDs is Observe's KeyIDs (rotation.KeyIDSource).
+func (o *Observer) StatusKeyIDs(ctx context.Context) (map[string]time.Time, error) {
+	obs, err := o.Observe(ctx)
+	return obs.KeyIDs, err
+}
+
+// configInfoMetric carries the loaded EncryptionConfiguration's hash as a
+// label (seen on kube-apiserver v1.36.3 and v1.37.2).
+const configInfoMetric = "apiserver_encryption_config_controller_last_config_info"
+
+// parseObservation reads the two metrics from a metrics exposition.
+func parseObservation(r io.Reader) (Observation, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(r)
 	if err != nil {
-		return nil, fmt.Errorf("parse metrics: %w", err)
+		return Observation{}, fmt.Errorf("parse metrics: %w", err)
 	}
-	out := map[string]time.Time{}
-	f := families[statusKeyIDMetric]
-	if f == nil {
-		return out, nil // no KMSv2 Status answered yet
-	}
-	for _, m := range f.GetMetric() {
+	obs := Observation{KeyIDs: map[string]time.Time{}}
+	for _, m := range families[statusKeyIDMetric].GetMetric() {
 		for _, l := range m.GetLabel() {
 			if l.GetName() != "key_id_hash" {
 				continue
 			}
 			at := time.Unix(int64(m.GetGauge().GetValue()), 0)
-			if at.After(out[l.GetValue()]) {
-				out[l.GetValue()] = at
+			if at.After(obs.KeyIDs[l.GetValue()]) {
+				obs.KeyIDs[l.GetValue()] = at
 			}
 		}
 	}
-	return out, nil
+	for _, m := range families[configInfoMetric].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "hash" {
+				obs.ConfigHash = l.GetValue()
+			}
+		}
+	}
+	return obs, nil
 }
 
 // Name is the API server's address.
