@@ -190,6 +190,21 @@ var vaultAnswers = []vaultAnswer{
 		},
 	},
 	{
+		// The token was refused and no new one could be had: the login's
+		// reason (rejected credential, locked-out role, Vault down) is the
+		// one to act on, not the policy.
+		name:    "token refused with 403 and logging in again failed",
+		status:  http.StatusForbidden,
+		match:   func(f *failure) bool { var re *vault.ReauthError; return errors.As(f.err, &re) },
+		checked: "v1.21.0",
+		code:    codes.Unavailable,
+		say: func(f *failure) string {
+			var re *vault.ReauthError
+			errors.As(f.err, &re)
+			return fmt.Sprintf("%s: %v (Vault refused the token: %v)", f.what(), re.Login, re.Call)
+		},
+	},
+	{
 		// "permission denied"; with "invalid token" too when the token is
 		// unknown. The client has already logged in again once when a new
 		// token could help, so what is left is usually the policy.

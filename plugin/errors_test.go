@@ -78,7 +78,7 @@ func TestVaultAnswersTable(t *testing.T) {
 			row: "token or policy refused the call: 403 permission denied", code: codes.Unavailable, wantS: "-key-id-mode=hmac needs"},
 		{name: "403 whose re-login failed => Unavailable, the login's reason kept",
 			f:   failure{call: callEncrypt, err: &vault.ReauthError{Call: vaultErr("transit encrypt", 403, "permission denied"), Login: errors.New("approle login: 400 invalid secret id")}},
-			row: "token or policy refused the call: 403 permission denied", code: codes.Unavailable, wantS: "invalid secret id"},
+			row: "token refused with 403 and logging in again failed", code: codes.Unavailable, wantS: "encrypt with transit/k: approle login: 400 invalid secret id"},
 		{name: "no answer => Unavailable",
 			f:   failure{call: callDecrypt, version: 1, err: &vault.Error{Op: "transit decrypt", Addr: "http://127.0.0.1:1", Err: errors.New("connection refused")}},
 			row: "Vault unreachable, sealed, overloaded, or any other answer", code: codes.Unavailable, wantS: "connection refused"},

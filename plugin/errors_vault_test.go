@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 
@@ -117,6 +118,23 @@ func TestVaultAnswersAreTheTablesRows(t *testing.T) {
 		{name: "decrypt without the capability", row: "token or policy refused the call: 403 permission denied",
 			do: func() failure {
 				_, err := readOnly.Transit("transit", "k").Decrypt(ctx, v1)
+				return failure{call: callDecrypt, version: 1, err: err}
+			}},
+		{name: "token revoked and the login with a destroyed secret ID rejected", row: "token refused with 403 and logging in again failed",
+			do: func() failure {
+				role := v.CreateAppRole("kms", "kms", policy, time.Hour, 2*time.Hour)
+				secretID := v.NewSecretID(role)
+				v.DestroySecretID(role, secretID)
+				revoked := client("kms")
+				tok, err := v.Client.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{"kms"}})
+				v.Must(err, "create token")
+				revoked.SetToken(tok.Auth.ClientToken)
+				v.Must(v.Client.Auth().Token().RevokeOrphan(tok.Auth.ClientToken), "revoke token")
+				revoked.SetReauth(vault.ReauthFunc(func(ctx context.Context, _ uint64) error {
+					_, err := revoked.LoginAppRole(ctx, "approle", role.RoleID, secretID)
+					return err
+				}))
+				_, err = revoked.Transit("transit", "k").Decrypt(ctx, v1)
 				return failure{call: callDecrypt, version: 1, err: err}
 			}},
 		// Last: it retires version 1 of k.
