@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/vaultkms/vault-kms-plugin/e2e/cluster"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/apiserver"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/probe"
 )
 
 // TestRenderedStaticPodOnARealKubelet deploys the plugin the way users do
@@ -33,6 +36,24 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	// plugin's user, and vault-setup.sh wrote the secret ID for it alone.
 	assertOwned(t, d.SocketDir, 0o750, 65532)
 	assertOwned(t, d.SecretIDPath, 0o400, 65532)
+
+	// What kmsctl rollout will observe before each step (lifecycle/probe):
+	// the pod's socket passes Status and the Encrypt/Decrypt preflight, and
+	// the API server passes kms-providers with the file on disk loaded.
+	if h := probe.Plugin(t.Context(), strings.TrimPrefix(d.Endpoint, "unix://")); !h.StatusOK || !h.PreflightOK {
+		t.Errorf("probe of the static pod's socket: %+v", h)
+	}
+	obs, err := apiserver.New(api.Config, api.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := os.ReadFile(api.EncryptionConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := probe.APIServer(t.Context(), obs); !h.ReadyzKMS || h.LoadedConfigHash != fmt.Sprintf("sha256:%x", sha256.Sum256(enc)) {
+		t.Errorf("probe of the API server: %+v, want kms-providers ok and the loaded hash of %s", h, api.EncryptionConfigPath)
+	}
 
 	secrets := map[string]string{}
 	createStoredBy(t, d, secrets, "through-the-pod")

@@ -140,14 +140,26 @@ func (o *Observer) Name() string { return o.URL }
 // probeKMS asks the API server's kms-providers readiness check, as a
 // kubelet's probe does: the API server calls its plugins' Status (and
 // records the key_id) when the check runs, at most once a minute while
-// healthy. Its answer does not matter here, and neither does a failure.
-func (o *Observer) probeKMS(ctx context.Context) {
+// healthy. Its answer does not matter here.
+func (o *Observer) probeKMS(ctx context.Context) { _ = o.KMSReady(ctx) }
+
+// KMSReady runs the API server's kms-providers readiness check
+// (/readyz/kms-providers) and returns nil when it passes, else what it said.
+func (o *Observer) KMSReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL+"/readyz/kms-providers", nil)
 	if err != nil {
-		return
+		return err
 	}
-	if resp, err := o.client.Do(req); err == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	resp, err := o.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("API server %s: /readyz/kms-providers: %w", o.URL, err)
 	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("API server %s: /readyz/kms-providers answered %s: %s", o.URL, resp.Status, strings.Join(strings.Fields(string(body)), " "))
+	}
+	return nil
 }
