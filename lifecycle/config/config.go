@@ -180,6 +180,20 @@ func Load(path string) (*Config, error) {
 // duplicate keys and values of the wrong type are errors naming the field.
 // It does not validate.
 func Parse(data []byte) (*Config, error) {
+	cfg, err := decodeStrict(data, Default(), "a "+Kind)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Vault.Authentication.AppRole.PolicyName == "" {
+		cfg.Vault.Authentication.AppRole.PolicyName = cfg.Vault.Authentication.AppRole.RoleName
+	}
+	return cfg, nil
+}
+
+// decodeStrict decodes a YAML document over defaults, refusing unknown
+// fields (named by their full path), duplicate keys and values of the wrong
+// type; what names the expected document in an empty file's error.
+func decodeStrict[T any](data []byte, defaults T, what string) (*T, error) {
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		// The YAML library lists problems on indented lines; one line reads
@@ -191,25 +205,22 @@ func Parse(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("parse YAML: %w", err)
 	}
 	if raw == nil {
-		return nil, errors.New("empty document: expected a KMSConfig")
+		return nil, fmt.Errorf("empty document: expected %s", what)
 	}
-	if err := unknownFields(raw, reflect.TypeFor[Config](), ""); err != nil {
+	if err := unknownFields(raw, reflect.TypeFor[T](), ""); err != nil {
 		return nil, err
 	}
-	cfg := Default()
+	out := defaults
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cfg); err != nil {
+	if err := dec.Decode(&out); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
 			return nil, &FieldError{Field: te.Field, Msg: fmt.Sprintf("must be a %s, not a %s", jsonKind(te.Type), te.Value)}
 		}
 		return nil, fmt.Errorf("decode: %w", err)
 	}
-	if cfg.Vault.Authentication.AppRole.PolicyName == "" {
-		cfg.Vault.Authentication.AppRole.PolicyName = cfg.Vault.Authentication.AppRole.RoleName
-	}
-	return &cfg, nil
+	return &out, nil
 }
 
 // unknownFields reports the first key in v (decoded JSON) that type t has
