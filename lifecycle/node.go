@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strings"
 )
@@ -18,8 +20,24 @@ type Revision struct {
 	Provider string `json:"provider"`
 	// ImageDigest is the plugin image's digest, "sha256:<hex>".
 	ImageDigest string `json:"imageDigest"`
-	// ArgsHash is the sha256 of the plugin's arguments, "sha256:<hex>".
+	// ArgsHash is the sha256 of the plugin's arguments, "sha256:<hex>"
+	// (ArgsHash).
 	ArgsHash string `json:"argsHash"`
+}
+
+// ArgsHash is Revision.ArgsHash of a plugin container's arguments: the
+// sha256 of each argument followed by a NUL byte. The terminator keeps
+// ["-a b"] apart from ["-a", "b"] and [] apart from [""]; argv cannot hold
+// a NUL, so no two argument lists share the bytes hashed. Rendering the
+// desired revision and reading a pod back from disk both call this one
+// function, so the two can only agree.
+func ArgsHash(args []string) string {
+	h := sha256.New()
+	for _, a := range args {
+		h.Write([]byte(a))
+		h.Write([]byte{0})
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // IsZero reports whether r names no revision.

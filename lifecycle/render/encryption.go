@@ -21,14 +21,7 @@ const kmsTimeout = 3 * time.Second
 // stored unencrypted. Without identity, an object stored in plaintext
 // cannot be read; with it, nothing proves that everything is encrypted.
 func EncryptionConfigObject(cfg *config.Config) *apiserverv1.EncryptionConfiguration {
-	providers := []apiserverv1.ProviderConfiguration{{
-		KMS: &apiserverv1.KMSConfiguration{
-			APIVersion: "v2",
-			Name:       cfg.ProviderName(),
-			Endpoint:   cfg.Endpoint(),
-			Timeout:    &metav1.Duration{Duration: kmsTimeout},
-		},
-	}}
+	providers := []apiserverv1.ProviderConfiguration{KMSProvider(cfg)}
 	if cfg.Encryption.AllowUnencrypted {
 		providers = append(providers, apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}})
 	}
@@ -38,6 +31,20 @@ func EncryptionConfigObject(cfg *config.Config) *apiserverv1.EncryptionConfigura
 			Resources: append([]string(nil), cfg.Encryption.Resources...),
 			Providers: providers,
 		}},
+	}
+}
+
+// KMSProvider is the key's entry in an EncryptionConfiguration provider
+// list: the one EncryptionConfigObject writes with, and the one `kmsctl
+// rollout` adds read-only to a node's existing file.
+func KMSProvider(cfg *config.Config) apiserverv1.ProviderConfiguration {
+	return apiserverv1.ProviderConfiguration{
+		KMS: &apiserverv1.KMSConfiguration{
+			APIVersion: "v2",
+			Name:       cfg.ProviderName(),
+			Endpoint:   cfg.Endpoint(),
+			Timeout:    &metav1.Duration{Duration: kmsTimeout},
+		},
 	}
 }
 

@@ -31,7 +31,9 @@ const (
 
 // PodName is the static pod's name: one per provider, so the pods of two
 // keys can run side by side during a key migration.
-func PodName(cfg *config.Config) string { return "vault-kms-plugin-" + cfg.ProviderName() }
+func PodName(cfg *config.Config) string { return podName(cfg.ProviderName()) }
+
+func podName(provider string) string { return "vault-kms-plugin-" + provider }
 
 // PluginArgs are the plugin's arguments: the flag set OpenShift's KMS
 // plugin lifecycle passes to a Vault KMS sidecar (contract.RenderedFlags),
