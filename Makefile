@@ -165,7 +165,7 @@ unit: vault plugin cosign registry etcd promtool
 	go test -tags integration -race -count=1 ./...
 
 ## e2e: etcd, kube-apiserver, Vault and the plugin as processes on loopback
-e2e: vault kube-apiserver kubelet etcd plugin node-packages registry cosign image
+e2e: vault kube-apiserver kubelet kube-controller-manager etcd plugin node-packages registry cosign image
 	@echo ">> end-to-end tests on a real cluster (logs of failed tests are printed)"
 	cd e2e && go test -count=1 -timeout 40m ./...
 

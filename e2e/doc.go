@@ -31,5 +31,10 @@
 //   - TestRotate: `kmsctl rotate` on two API servers rotates the transit
 //     key, waits until both report the plugin's new key_id, then rewrites
 //     (--engine=direct) every Secret still under the old transit version, and
-//     a fresh etcd scan shows none left.
+//     a fresh etcd scan shows none left. With the real kube-controller-manager
+//     running, a second rotation with --engine=auto picks
+//     StorageVersionMigration and migrates every Secret again; a
+//     StorageVersionMigration created by hand right after a rotation reports
+//     Succeeded with the Secrets left under the old version (kmsctl status:
+//     needed), and kmsctl rotate --observe-only finishes the job.
 package e2e

@@ -19,6 +19,7 @@ import (
 
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate/kube"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate/svm"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan"
 )
 
@@ -33,6 +34,9 @@ type migrateOptions struct {
 	qps                float64
 	limit              int
 	output             string
+	// chosen is the engine resolveEngine chose (direct or svm); empty
+	// until then.
+	chosen string
 }
 
 // MigrateReport is `kmsctl migrate -o json`. Fields are only ever added.
@@ -50,6 +54,23 @@ type MigrateReport struct {
 	// and RemainingCount counts all of them.
 	Remaining      []migrate.Object `json:"remaining,omitempty"`
 	RemainingCount int              `json:"remainingCount"`
+	// SVM is what --engine=svm did; absent for direct. Its Result counts
+	// come from the etcd scans: total is what the first scan found stale,
+	// rewritten what no later scan found stale any more.
+	SVM *SVMReport `json:"svm,omitempty"`
+}
+
+// SVMReport is the StorageVersionMigrations of a --engine=svm run.
+type SVMReport struct {
+	// Migrations are every one followed, as last observed, in order.
+	Migrations []svm.Migration `json:"migrations"`
+	// Deleted names kmsctl's finished migrations deleted once the scan
+	// proved their resource migrated.
+	Deleted []string `json:"deleted,omitempty"`
+	// FirstMigratedSeconds is when a scan first showed an object migrated:
+	// before it, the controller waited (on a quiet resource, for its
+	// cache to reach the migration's resourceVersion: up to a minute).
+	FirstMigratedSeconds float64 `json:"firstMigratedSeconds,omitempty"`
 }
 
 // StaleCount is one resource's objects in a scan.
@@ -68,7 +89,7 @@ type StaleCount struct {
 func newMigrateCmd() *cobra.Command {
 	o := &migrateOptions{}
 	cmd := &cobra.Command{
-		Use:   "migrate --engine=direct --transit-version N --etcd-endpoints URL[,URL...] --resources R,... [--kubeconfig FILE]",
+		Use:   "migrate [--engine=auto|svm|direct] --transit-version N --etcd-endpoints URL[,URL...] --resources R,... [--kubeconfig FILE]",
 		Short: "Rewrite every object stored under an older transit key version, then prove it with an etcd scan",
 		Long: `migrate rewrites, through the API server, every object of the given
 resources that etcd holds under a transit key version older than
@@ -84,12 +105,27 @@ apiserver_envelope_encryption_key_id_hash metric, or kmsctl status): an API
 server still on the old key_id writes the object under the old key again.
 (kmsctl rotate waits for that and fills --transit-version in.)
 
+--engine=svm has the cluster's own StorageVersionMigration
+(storagemigration.k8s.io/v1, GA in Kubernetes 1.37, run by
+kube-controller-manager's storage-version-migrator-controller) rewrite each
+resource: one migration per resource, labelled
+app.kubernetes.io/managed-by=kmsctl, followed with an etcd scan every 2
+seconds. A migration reports Succeeded once it has sent its requests,
+whatever key the API server used, so when the scan still finds stale
+objects another migration follows (3 in all at most). Interrupted and run
+again, it follows the migration still running instead of starting another.
+Once the scan proves a resource migrated, kmsctl deletes its finished
+migrations. Its user needs create, get, list, watch and delete on
+storageversionmigrations.
+
 --engine=direct is migrate's own engine: --workers rewrites in flight, at
 most --qps objects per second (each is a GET and a PUT); a conflict or a
 not-found counts as done (someone else wrote or deleted the object); 429s
 and timeouts are retried with backoff; any other error fails that object
-only and is reported. --engine=svm (Kubernetes' StorageVersionMigration)
-is not implemented yet.
+only and is reported.
+
+--engine=auto (the default) is svm when the API server serves
+storagemigration.k8s.io/v1, else direct, and says which on stderr.
 
 Progress goes to stderr every 2 seconds; the report to stdout (-o table or
 json).`,
@@ -119,10 +155,10 @@ func (o *migrateOptions) AddFlags(fs *pflag.FlagSet) {
 // version is current), shared with rotate.
 func (o *migrateOptions) addRewriteFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
-	fs.StringVar(&o.engine, "engine", "direct", "migration engine: direct (svm is not implemented yet)")
+	fs.StringVar(&o.engine, "engine", "auto", "migration engine: svm (the cluster's StorageVersionMigration), direct (kmsctl's own), or auto: svm where the API server serves it, else direct")
 	fs.BoolVar(&o.includeUnencrypted, "include-unencrypted", false, "also rewrite objects stored unencrypted (identity), so they get encrypted")
-	fs.IntVar(&o.workers, "workers", migrate.DefaultWorkers, "rewrites in flight at once")
-	fs.Float64Var(&o.qps, "qps", migrate.DefaultQPS, "at most this many objects rewritten per second (each is a GET and a PUT)")
+	fs.IntVar(&o.workers, "workers", migrate.DefaultWorkers, "--engine=direct: rewrites in flight at once")
+	fs.Float64Var(&o.qps, "qps", migrate.DefaultQPS, "--engine=direct: at most this many objects rewritten per second (each is a GET and a PUT)")
 	fs.IntVar(&o.limit, "limit", 20, "list at most this many remaining objects")
 	fs.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 }
@@ -144,10 +180,10 @@ func (o *migrateOptions) Validate() error {
 // validateRewrite checks the flags of addRewriteFlags.
 func (o *migrateOptions) validateRewrite() error {
 	switch {
-	case o.engine == "svm":
-		return errors.New("--engine=svm is not implemented yet: use --engine=direct")
-	case o.engine != "direct":
-		return fmt.Errorf("--engine must be direct, not %q", o.engine)
+	case o.engine != "auto" && o.engine != "svm" && o.engine != "direct":
+		return fmt.Errorf("--engine must be auto, svm or direct, not %q", o.engine)
+	case o.engine == "svm" && (o.changed("workers") || o.changed("qps")):
+		return errors.New("--workers and --qps pace --engine=direct only: kube-controller-manager paces a StorageVersionMigration")
 	case o.workers < 1:
 		return errors.New("--workers must be positive")
 	case o.qps <= 0:
@@ -157,6 +193,59 @@ func (o *migrateOptions) validateRewrite() error {
 	case o.output != "table" && o.output != "json":
 		return fmt.Errorf("-o must be table or json, not %q", o.output)
 	}
+	return nil
+}
+
+// changed reports whether the flag name was given.
+func (o *migrateOptions) changed(name string) bool {
+	return o.flags != nil && o.flags.Changed(name)
+}
+
+// pickEngine is the engine to run for --engine=requested, given whether
+// the API server serves StorageVersionMigrations; svm where it is not
+// served is an error.
+func pickEngine(requested string, served bool) (string, error) {
+	switch {
+	case requested == "direct":
+		return "direct", nil
+	case served:
+		return "svm", nil
+	case requested == "svm":
+		return "", errors.New("not served")
+	}
+	return "direct", nil
+}
+
+// resolveEngine sets o.chosen from --engine, asking the API server of cfg
+// (discovery) unless --engine=direct, and says on stderr what auto chose.
+// Rotate calls it before rotating, so that a refused --engine=svm costs
+// nothing.
+func (o *migrateOptions) resolveEngine(ctx context.Context, cfg *rest.Config, stderr io.Writer) error {
+	if o.chosen != "" {
+		return nil
+	}
+	served := false
+	if o.engine != "direct" {
+		var err error
+		if served, err = kube.ServesSVM(ctx, cfg); err != nil {
+			return fmt.Errorf("--engine=%s: %w", o.engine, err)
+		}
+	}
+	engine, err := pickEngine(o.engine, served)
+	if err != nil {
+		return fmt.Errorf("--engine=svm: %s does not serve %s StorageVersionMigrations (Kubernetes 1.37 or later): use --engine=direct", cfg.Host, kube.SVMGroupVersion)
+	}
+	if o.engine == "auto" {
+		if served {
+			fmt.Fprintf(stderr, "migrate: --engine=auto: %s serves %s: using svm (StorageVersionMigration, run by kube-controller-manager)\n", cfg.Host, kube.SVMGroupVersion)
+		} else {
+			fmt.Fprintf(stderr, "migrate: --engine=auto: %s does not serve %s: using direct\n", cfg.Host, kube.SVMGroupVersion)
+		}
+	}
+	if engine == "svm" && (o.changed("workers") || o.changed("qps")) {
+		fmt.Fprintln(stderr, "migrate: --workers and --qps pace --engine=direct only: ignored")
+	}
+	o.chosen = engine
 	return nil
 }
 
@@ -228,11 +317,15 @@ func (l *scanLister) List(ctx context.Context) ([]migrate.Object, error) {
 	return objs, err
 }
 
-// Run scans, rewrites what is stale, scans again and reports; stale
-// objects left are printed, then returned as an error (non-zero exit).
+// Run picks the engine, scans, has what is stale rewritten, scans again
+// and reports; stale objects left are printed, then returned as an error
+// (non-zero exit).
 func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := loadKubeconfig(o.kubeconfig)
 	if err != nil {
+		return err
+	}
+	if err := o.resolveEngine(ctx, cfg, stderr); err != nil {
 		return err
 	}
 	rw, err := kube.New(cfg, o.qps)
@@ -245,13 +338,16 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--resources: %w", err)
 		}
 	}
+	if o.chosen == "svm" {
+		return o.runSVM(ctx, cfg, rw, stdout, stderr)
+	}
 	lister := &scanLister{o: o}
 	res, runErr := migrate.Run(ctx, lister, rw, migrate.Options{Workers: o.workers, QPS: o.qps,
 		Progress: func(p migrate.Progress) { fmt.Fprintf(stderr, "migrate: %s\n", p) }})
 	if runErr != nil && lister.counts == nil {
 		return runErr
 	}
-	rep := MigrateReport{Engine: o.engine, TransitVersion: o.transitVersion, Before: lister.counts,
+	rep := MigrateReport{Engine: o.chosen, TransitVersion: o.transitVersion, Before: lister.counts,
 		BeforeRevision: lister.revision, Result: res}
 	if runErr != nil {
 		// Interrupted: no final scan; the next run lists what is left.
@@ -260,6 +356,12 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 		}
 		return fmt.Errorf("migrate interrupted: %w (run it again: it continues with what is still stale)", runErr)
 	}
+	return o.finish(ctx, stdout, rep)
+}
+
+// finish scans a last time, writes the report, and returns an error when
+// objects are left under older versions: the same end for every engine.
+func (o *migrateOptions) finish(ctx context.Context, stdout io.Writer, rep MigrateReport) error {
 	after, rev, left, err := o.scanStale(ctx)
 	if err != nil {
 		return fmt.Errorf("final etcd scan: %w", err)
@@ -275,6 +377,64 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// scanCounter is an svm.Scanner over the etcd scan; it keeps the first
+// scan's counts as the report's "before".
+type scanCounter struct {
+	o        *migrateOptions
+	before   []StaleCount
+	revision int64
+}
+
+func (c *scanCounter) Stale(ctx context.Context) (map[string]int, error) {
+	counts, rev, _, err := c.o.scanStale(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if c.before == nil {
+		c.before, c.revision = counts, rev
+	}
+	out := make(map[string]int, len(counts))
+	for _, sc := range counts {
+		out[sc.Resource] = sc.Stale
+	}
+	return out, nil
+}
+
+// runSVM is Run for --engine=svm: StorageVersionMigrations do the writes,
+// followed by etcd scans; then the same final scan and report as direct.
+func (o *migrateOptions) runSVM(ctx context.Context, cfg *rest.Config, rw *kube.Rewriter, stdout, stderr io.Writer) error {
+	ms, err := kube.NewMigrations(cfg, rw, o.transitVersion)
+	if err != nil {
+		return err
+	}
+	scans := &scanCounter{o: o}
+	res, runErr := svm.Run(ctx, ms, scans, svm.Options{Resources: o.resources,
+		Progress: func(p svm.Progress) { fmt.Fprintf(stderr, "migrate: %s\n", p) },
+		Warn:     func(format string, args ...any) { fmt.Fprintf(stderr, "migrate: warning: "+format+"\n", args...) }})
+	if runErr != nil && scans.before == nil {
+		return runErr
+	}
+	rep := MigrateReport{Engine: o.chosen, TransitVersion: o.transitVersion, Before: scans.before, BeforeRevision: scans.revision,
+		Result: migrate.Result{Total: res.Total, Rewritten: res.Migrated, Seconds: res.Seconds, PerSecond: res.PerSecond},
+		SVM:    &SVMReport{Migrations: res.Migrations, Deleted: res.Deleted, FirstMigratedSeconds: res.FirstMigratedSeconds}}
+	if ctx.Err() != nil {
+		if err := o.write(stdout, rep); err != nil {
+			return err
+		}
+		return fmt.Errorf("migrate interrupted: %w (run it again: it follows the StorageVersionMigrations still running)", ctx.Err())
+	}
+	err = o.finish(ctx, stdout, rep)
+	if runErr != nil {
+		// One line per resource that gave up is still one line each.
+		reason := strings.ReplaceAll(runErr.Error(), "\n", "; ")
+		if err != nil {
+			return fmt.Errorf("--engine=svm: %s; %w", reason, err)
+		}
+		return fmt.Errorf("--engine=svm: %s", reason)
+	}
+	return err
+}
+
 func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 	if o.output == "json" {
 		enc := json.NewEncoder(w)
@@ -287,8 +447,28 @@ func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 		fmt.Fprint(w, " or unencrypted")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "rewrote %d of %d objects in %.1fs (%.0f objects/s): %d conflicts and %d not found counted as done, %d retries, %d failed, %d not attempted\n",
-		res.Rewritten, res.Total, res.Seconds, res.PerSecond, res.Conflicts, res.NotFound, res.Retries, len(res.Failed), res.NotAttempted)
+	if r.SVM != nil {
+		fmt.Fprintf(w, "StorageVersionMigrations took %d of %d stale objects off older versions in %.1fs (%.0f objects/s, counted by etcd scans):", res.Rewritten, res.Total, res.Seconds, res.PerSecond)
+		if len(r.SVM.Migrations) == 0 {
+			fmt.Fprint(w, " none needed")
+		}
+		for _, m := range r.SVM.Migrations {
+			fmt.Fprintf(w, " %s %s", m.Name, m.State)
+			if m.State == svm.StateFailed {
+				fmt.Fprintf(w, " (%s)", m.Message)
+			}
+		}
+		fmt.Fprintln(w)
+		if r.SVM.FirstMigratedSeconds > 0 {
+			fmt.Fprintf(w, "first object migrated after %.0fs (the controller starts once its cache of the resource is current)\n", r.SVM.FirstMigratedSeconds)
+		}
+		if len(r.SVM.Deleted) > 0 {
+			fmt.Fprintf(w, "deleted finished StorageVersionMigrations: %s\n", strings.Join(r.SVM.Deleted, ", "))
+		}
+	} else {
+		fmt.Fprintf(w, "rewrote %d of %d objects in %.1fs (%.0f objects/s): %d conflicts and %d not found counted as done, %d retries, %d failed, %d not attempted\n",
+			res.Rewritten, res.Total, res.Seconds, res.PerSecond, res.Conflicts, res.NotFound, res.Retries, len(res.Failed), res.NotAttempted)
+	}
 	for _, f := range res.Failed {
 		fmt.Fprintf(w, "failed: %s\n", f.Error)
 	}

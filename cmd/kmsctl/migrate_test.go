@@ -1,11 +1,50 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
 )
+
+func TestMigrateEngineDefault(t *testing.T) {
+	o := &migrateOptions{}
+	fs := pflag.NewFlagSet("migrate", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if o.engine != "auto" {
+		t.Errorf("--engine defaults to %q, want auto", o.engine)
+	}
+}
+
+func TestPickEngine(t *testing.T) {
+	tests := []struct {
+		name      string
+		requested string
+		served    bool
+		want      string // "" means refused
+	}{
+		{name: "auto, SVM served => svm", requested: "auto", served: true, want: "svm"},
+		{name: "auto, SVM not served => direct", requested: "auto", served: false, want: "direct"},
+		{name: "svm, served => svm", requested: "svm", served: true, want: "svm"},
+		{name: "svm, not served => refused", requested: "svm", served: false},
+		{name: "direct, served => direct all the same", requested: "direct", served: true, want: "direct"},
+		{name: "direct, not served => direct", requested: "direct", served: false, want: "direct"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pickEngine(tt.requested, tt.served)
+			if got != tt.want || (err != nil) != (tt.want == "") {
+				t.Errorf("pickEngine(%q, %v) = %q, %v; want %q", tt.requested, tt.served, got, err, tt.want)
+			}
+		})
+	}
+}
 
 func TestMigrateValidate(t *testing.T) {
 	base := []string{"--etcd-endpoints", "http://127.0.0.1:2379", "--resources", "secrets", "--transit-version", "2"}
@@ -15,8 +54,13 @@ func TestMigrateValidate(t *testing.T) {
 		want string // "" means valid
 	}{
 		{name: "all required flags => valid", args: base},
-		{name: "--engine=svm => not implemented yet", args: append([]string{"--engine=svm"}, base...), want: "--engine=svm is not implemented yet"},
-		{name: "unknown engine => refused", args: append([]string{"--engine=kubectl"}, base...), want: "--engine must be direct"},
+		{name: "--engine=svm => valid (the server is asked at run time)", args: append([]string{"--engine=svm"}, base...)},
+		{name: "--engine=direct => valid", args: append([]string{"--engine=direct"}, base...)},
+		{name: "--engine=auto => valid", args: append([]string{"--engine=auto"}, base...)},
+		{name: "unknown engine => refused", args: append([]string{"--engine=kubectl"}, base...), want: "--engine must be auto, svm or direct, not \"kubectl\""},
+		{name: "--engine=svm with --workers => refused: direct only", args: append([]string{"--engine=svm", "--workers", "4"}, base...), want: "--workers and --qps pace --engine=direct only"},
+		{name: "--engine=svm with --qps => refused: direct only", args: append([]string{"--engine=svm", "--qps", "50"}, base...), want: "--workers and --qps pace --engine=direct only"},
+		{name: "--engine=auto with --workers => valid: they apply if auto picks direct", args: append([]string{"--workers", "4"}, base...)},
 		{name: "no --transit-version => required", args: base[:4], want: "--transit-version is required"},
 		{name: "no --resources => required", args: []string{"--etcd-endpoints", "http://e:2379", "--transit-version", "2"}, want: "--resources is required"},
 		{name: "no --etcd-endpoints => required", args: []string{"--resources", "secrets", "--transit-version", "2"}, want: "--etcd-endpoints is required"},
@@ -39,6 +83,57 @@ func TestMigrateValidate(t *testing.T) {
 				t.Errorf("Validate: %v", err)
 			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 				t.Errorf("Validate: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestResolveEngine asks a stand-in API server's discovery: a 1.37 server
+// always serves storagemigration.k8s.io/v1, so the e2e cluster cannot show
+// the refusal; this shows what the operator reads.
+func TestResolveEngine(t *testing.T) {
+	served := `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"storagemigration.k8s.io/v1","resources":[{"name":"storageversionmigrations","namespaced":false,"kind":"StorageVersionMigration","verbs":["create","delete","get","list","watch"]}]}`
+	tests := []struct {
+		name      string
+		engine    string
+		discovery string // "" answers 404
+		want      string
+		stderr    string
+		err       string
+	}{
+		{name: "auto on a server with SVM => svm, said on stderr", engine: "auto", discovery: served, want: "svm", stderr: "serves storagemigration.k8s.io/v1: using svm"},
+		{name: "auto on a server without SVM => direct, said on stderr", engine: "auto", want: "direct", stderr: "does not serve storagemigration.k8s.io/v1: using direct"},
+		{name: "svm on a server without SVM => one clear line", engine: "svm", err: "--engine=svm: %s does not serve storagemigration.k8s.io/v1 StorageVersionMigrations (Kubernetes 1.37 or later): use --engine=direct"},
+		{name: "direct => no question asked", engine: "direct", want: "direct"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			asked := false
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked = true
+				if r.URL.Path != "/apis/storagemigration.k8s.io/v1" || tt.discovery == "" {
+					http.NotFound(w, r)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, tt.discovery)
+			}))
+			defer srv.Close()
+			o := &migrateOptions{engine: tt.engine}
+			var stderr bytes.Buffer
+			err := o.resolveEngine(context.Background(), &rest.Config{Host: srv.URL}, &stderr)
+			if tt.err != "" {
+				want := fmt.Sprintf(tt.err, srv.URL)
+				if err == nil || err.Error() != want {
+					t.Fatalf("err = %v\nwant %s", err, want)
+				}
+				return
+			}
+			if err != nil || o.chosen != tt.want || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Errorf("chosen %q, err %v, stderr %q; want %q and %q", o.chosen, err, stderr.String(), tt.want, tt.stderr)
+			}
+			if asked != (tt.engine != "direct") {
+				t.Errorf("discovery asked: %v", asked)
 			}
 		})
 	}

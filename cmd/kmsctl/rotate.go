@@ -60,7 +60,8 @@ with kmsctl status and run kmsctl migrate --transit-version N instead.
 
 If the wait times out, nothing has been migrated and nothing is lost: fix
 the API servers named, then run rotate --observe-only. The migration's
-flags, progress and report are kmsctl migrate's.`,
+flags (--engine: auto, svm or direct), progress and report are kmsctl
+migrate's; the engine is chosen before the key is rotated.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -137,6 +138,11 @@ func (o *rotateOptions) Run(ctx context.Context, stdout, stderr io.Writer) error
 	}
 	kube, err := loadKubeconfig(o.kubeconfig)
 	if err != nil {
+		return err
+	}
+	// Pick the migration engine now: an --engine=svm the API server cannot
+	// serve is refused before the key is rotated, not after the wait.
+	if err := o.resolveEngine(ctx, kube, stderr); err != nil {
 		return err
 	}
 	urls := o.apiservers

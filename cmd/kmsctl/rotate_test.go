@@ -25,7 +25,8 @@ func TestRotateValidate(t *testing.T) {
 		{name: "unknown key_id mode => --key-id-mode", env: token, args: args("--key-id-mode", "sha"), want: "--key-id-mode must be metadata or hmac"},
 		{name: "API server over http => --apiservers", env: token, args: args("--apiservers", "http://10.0.0.1:6443"), want: "--apiservers: \"http://10.0.0.1:6443\""},
 		{name: "API server with a path => --apiservers", env: token, args: args("--apiservers", "https://lb.example/k8s"), want: "an API server's own address"},
-		{name: "svm engine => not implemented", env: token, args: args("--engine", "svm"), want: "--engine=svm is not implemented yet"},
+		{name: "unknown engine => --engine", env: token, args: args("--engine", "kubectl"), want: "--engine must be auto, svm or direct"},
+		{name: "svm engine paced by --qps => refused: direct only", env: token, args: args("--engine", "svm", "--qps", "10"), want: "--workers and --qps pace --engine=direct only"},
 		{name: "zero wait => --wait-timeout", env: token, args: args("--wait-timeout", "0s"), want: "--wait-timeout and --poll-interval must be positive"},
 		{name: "no --transit-version flag: rotate finds the version", env: token, args: args("--transit-version", "3"), want: "unknown flag: --transit-version"},
 	}

@@ -93,6 +93,15 @@ func KmsctlEnv(t testing.TB, env []string, args ...string) (stdout, stderr strin
 	return run(kmsctlBinary.find(t), env, args...)
 }
 
+// KmsctlCommand is the real kmsctl, not started, with extra environment
+// variables: for a test that kills it midway.
+func KmsctlCommand(t testing.TB, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(kmsctlBinary.find(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	return cmd
+}
+
 // Cosign runs the real cosign CLI with extra environment variables.
 func Cosign(t testing.TB, env []string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()

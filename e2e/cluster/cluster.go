@@ -27,6 +27,9 @@ type Options struct {
 	TokenTTL, TokenMaxTTL time.Duration
 	// StatusRefresh is each plugin's -status-refresh-interval; 2s if zero.
 	StatusRefresh time.Duration
+	// ControllerManager also starts kube-controller-manager, with its default
+	// controllers, against the first API server (for StorageVersionMigration).
+	ControllerManager bool
 	// Progress, if set, is told about each step as it starts.
 	Progress func(format string, args ...any)
 }
@@ -42,6 +45,8 @@ type Cluster struct {
 	Etcd         *Etcd
 	PKI          *PKI
 	APIServers   []*APIServer
+	// ControllerManager runs when Options.ControllerManager is set; nil if not.
+	ControllerManager *ControllerManager
 
 	t    testing.TB
 	opts Options
@@ -52,6 +57,9 @@ type Cluster struct {
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	CheckBinaries(t)
+	if opts.ControllerManager {
+		kubeControllerManagerBinary.find(t)
+	}
 	if opts.APIServers == 0 {
 		opts.APIServers = 1
 	}
@@ -97,6 +105,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 	for _, a := range c.APIServers {
 		progress("waiting for %s to be ready", a.Name)
 		a.WaitReady(2 * time.Minute)
+	}
+	if opts.ControllerManager {
+		progress("starting kube-controller-manager against %s", c.APIServers[0].Name)
+		c.ControllerManager = StartControllerManager(t, c.APIServers[0])
 	}
 	return c
 }
