@@ -245,27 +245,11 @@ func (w *world) node(name string) *simNode {
 
 // apply writes one step's change to a node's files.
 func (w *world) apply(t *testing.T, s Step) {
-	n := w.node(s.Node)
-	d := &n.disk
-	switch s.Action {
-	case WritePod:
-		d.Pods = slices.DeleteFunc(slices.Clone(d.Pods), func(r lifecycle.Revision) bool { return r.Provider == s.Revision.Provider })
-		d.Pods = append(d.Pods, s.Revision)
-	case AddReadOnly:
-		i := slices.IndexFunc(d.Providers, func(p lifecycle.Provider) bool { return p.Name == s.After })
-		d.Providers = slices.Insert(slices.Clone(d.Providers), i+1, lifecycle.Provider{Name: s.Provider, KMS: true})
-	case Promote:
-		rest := slices.DeleteFunc(slices.Clone(d.Providers), func(p lifecycle.Provider) bool { return p.Name == s.Provider })
-		d.Providers = append([]lifecycle.Provider{{Name: s.Provider, KMS: true}}, rest...)
-	case RemoveProvider:
-		d.Providers = slices.DeleteFunc(slices.Clone(d.Providers), func(p lifecycle.Provider) bool { return p.Name == s.Provider })
-	case RemovePod:
-		d.Pods = slices.DeleteFunc(slices.Clone(d.Pods), func(r lifecycle.Revision) bool { return r.Provider == s.Provider })
-	case RollBack:
-		*d = lifecycle.NodeConfig{Pods: slices.Clone(s.Config.Pods), Providers: slices.Clone(s.Config.Providers)}
-	default:
+	if !s.changesNode() {
 		t.Fatalf("cannot apply %s", s)
 	}
+	n := w.node(s.Node)
+	n.disk = ApplyTo(n.disk, s)
 }
 
 // settle is kubelet and the API servers catching up with the files.
