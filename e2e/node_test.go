@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,10 +10,15 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/vaultkms/vault-kms-plugin/e2e/cluster"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/apiserver"
-	"github.com/vaultkms/vault-kms-plugin/lifecycle/probe"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/observe"
 )
 
 // TestRenderedStaticPodOnARealKubelet deploys the plugin the way users do
@@ -37,22 +41,36 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	assertOwned(t, d.SocketDir, 0o750, 65532)
 	assertOwned(t, d.SecretIDPath, 0o400, 65532)
 
-	// What kmsctl rollout will observe before each step (lifecycle/probe):
-	// the pod's socket passes Status and the Encrypt/Decrypt preflight, and
-	// the API server passes kms-providers with the file on disk loaded.
-	if h := probe.Plugin(t.Context(), strings.TrimPrefix(d.Endpoint, "unix://")); !h.StatusOK || !h.PreflightOK {
-		t.Errorf("probe of the static pod's socket: %+v", h)
+	// What kmsctl rollout observes before each step (lifecycle/rollout/
+	// observe): kmsctl's files on the node, the plugin's socket passing
+	// Status and the Encrypt/Decrypt preflight, the revision its mirror pod
+	// runs, and the API server ready with the file on disk loaded. On that,
+	// the planner has nothing to do.
+	cfg, err := config.Load(d.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube, err := dynamic.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
 	}
 	obs, err := apiserver.New(api.Config, api.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc, err := os.ReadFile(api.EncryptionConfigPath)
-	if err != nil {
-		t.Fatal(err)
+	files := config.NodeFiles{Name: d.Node.Name, ManifestDir: d.Node.ManifestDir, EncryptionConfig: api.EncryptionConfigPath, SocketDir: d.SocketDir, APIServer: api.URL}
+	desired := render.Revision(cfg)
+	var seen lifecycle.Node
+	if !waitFor(time.Minute, func() bool {
+		seen, err = observe.Node(t.Context(), files, kube, obs)
+		h := seen.Plugins[d.Provider]
+		return err == nil && h.Running == desired && h.StatusOK && h.PreflightOK && seen.APIServer.ReadyzKMS && seen.APIServer.LoadedConfigHash == seen.ConfigHash
+	}) {
+		t.Errorf("observed node %+v (err %v), want the plugin at %s healthy and the API server on the file on disk", seen, err, desired)
 	}
-	if h := probe.APIServer(t.Context(), obs); !h.ReadyzKMS || h.LoadedConfigHash != fmt.Sprintf("sha256:%x", sha256.Sum256(enc)) {
-		t.Errorf("probe of the API server: %+v, want kms-providers ok and the loaded hash of %s", h, api.EncryptionConfigPath)
+	if step := rollout.Next(rollout.Observed{Desired: desired, Nodes: []lifecycle.Node{seen}, Now: time.Now(),
+		Progress: rollout.Progress{LastKnownGood: map[string]lifecycle.NodeConfig{seen.Name: seen.OnDisk}}}); step.Action != rollout.Done {
+		t.Errorf("the planner on the deployed node says %s, want done", step)
 	}
 
 	secrets := map[string]string{}
