@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // PrepareSocketDir creates dir (mode 0750) if missing and hands it to
@@ -28,9 +29,24 @@ func PrepareSocketDir(dir string, uid, gid int) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("socket directory %s is not a directory (%s); refusing to change it", dir, fi.Mode().Type())
 	}
-	// Chmod while root still owns it (without CAP_FOWNER, which the prepare
-	// step does not get, root may chmod only its own files), then chown.
-	// Either way round the directory only ever becomes more closed.
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("socket directory %s: no owner information", dir)
+	}
+	if fi.Mode().Perm() == 0o750 && int(st.Uid) == uid && int(st.Gid) == gid {
+		// Prepared before (a new pod revision, a node reboot): the step
+		// runs again with every new pod and must succeed without change.
+		return nil
+	}
+	// Without CAP_FOWNER, which the prepare step does not get, root may
+	// chmod only what it owns: take the directory back first (CAP_CHOWN
+	// allows that), chmod it, then hand it over. The directory only ever
+	// becomes more closed on the way.
+	if st.Uid != 0 {
+		if err := os.Lchown(dir, 0, int(st.Gid)); err != nil {
+			return fmt.Errorf("take socket directory %s back to re-prepare it: %w (the prepare step needs root with CAP_CHOWN)", dir, err)
+		}
+	}
 	if err := os.Chmod(dir, 0o750); err != nil {
 		return fmt.Errorf("chmod socket directory %s: %w", dir, err)
 	}

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -62,4 +64,63 @@ func assertDir(t *testing.T, dir string, mode os.FileMode, uid, gid uint32) {
 	if !fi.IsDir() || fi.Mode().Perm() != mode || st.Uid != uid || st.Gid != gid {
 		t.Fatalf("%s: mode %v owner %d:%d, want dir %v %d:%d", dir, fi.Mode(), st.Uid, st.Gid, mode, uid, gid)
 	}
+}
+
+// TestPrepareHelperProcess is the prepare step itself when run by
+// TestPrepareWithOnlyCAPCHOWN with its environment; otherwise it does
+// nothing.
+func TestPrepareHelperProcess(t *testing.T) {
+	dir := os.Getenv("PREPARE_HELPER_DIR")
+	if dir == "" {
+		return
+	}
+	if err := PrepareSocketDir(dir, 65532, 65532); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	os.Exit(0)
+}
+
+// The rendered init container runs the prepare step as root with every
+// capability dropped but CAP_CHOWN, once for every new pod: a new revision
+// or a node reboot finds the directory it prepared before. Reproduced on a
+// real kubelet by kmsctl rollout: "chmod ...: operation not permitted", the
+// new pod crash-looping. setpriv (util-linux) gives the helper process
+// exactly that capability set.
+func TestPrepareWithOnlyCAPCHOWN(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs the prepare step as root with only CAP_CHOWN and must run as root (CI does)")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatal("setpriv (util-linux) is needed to drop capabilities: apt-get install util-linux")
+	}
+	prepare := func(dir string) error {
+		cmd := exec.Command(setpriv, "--bounding-set=-all,+chown", "--inh-caps=-all", os.Args[0], "-test.run=^TestPrepareHelperProcess$")
+		cmd.Env = append(os.Environ(), "PREPARE_HELPER_DIR="+dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	dir := filepath.Join(t.TempDir(), "kmsplugin")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepare(dir); err != nil {
+		t.Fatalf("first pod: %v", err)
+	}
+	assertDir(t, dir, 0o750, 65532, 65532)
+	if err := prepare(dir); err != nil {
+		t.Fatalf("next pod, directory already prepared: %v", err)
+	}
+	assertDir(t, dir, 0o750, 65532, 65532)
+	// Someone loosened it meanwhile: the step closes it again.
+	if err := os.Chmod(dir, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepare(dir); err != nil {
+		t.Fatalf("prepared directory with another mode: %v", err)
+	}
+	assertDir(t, dir, 0o750, 65532, 65532)
 }
