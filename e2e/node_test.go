@@ -19,6 +19,7 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/observe"
+	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
 // TestRenderedStaticPodOnARealKubelet deploys the plugin the way users do
@@ -109,6 +110,10 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 		api.WaitReady(2 * time.Minute)
 		assertReads(t, api, secrets)
 		createStoredBy(t, d, secrets, "after-restart")
+	})
+
+	t.Run("kmsctl rollout plan and apply roll a new revision onto the node in place", func(t *testing.T) {
+		testRolloutInPlace(t, d, secrets)
 	})
 
 	t.Run("OpenShift's argument list in a native sidecar with its socket on an emptyDir serves the API server", func(t *testing.T) {
@@ -283,4 +288,76 @@ func createStoredBy(t *testing.T, d *cluster.Deployment, secrets map[string]stri
 	}
 	assertStoredBy(t, d.Etcd, d.Provider, name, value)
 	secrets[name] = value
+}
+
+// testRolloutInPlace changes kms.yaml (a new revision with another metrics
+// port: new plugin arguments, same provider), then runs kmsctl rollout plan
+// and apply against the real node: apply verifies the image, records the
+// node's files as last-known-good, rewrites the static pod, waits until the
+// kubelet runs the new revision healthy, confirms, and is done.
+func testRolloutInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
+	api := d.APIServer
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	nodes := filepath.Join(dir, "nodes.yaml")
+	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
+kind: Nodes
+stateDir: %s
+nodes:
+- name: %s
+  manifestDir: %s
+  encryptionConfig: %s
+  socketDir: %s
+  apiServer: %s
+`, filepath.Join(dir, "state"), d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+	run := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := cluster.Kmsctl(t, append([]string{"rollout"}, append(args, "--nodes", nodes, "--kubeconfig", kubeconfig)...)...)
+		if err != nil {
+			t.Fatalf("kmsctl rollout %s: %v\n%s%s", args[0], err, stdout, stderr)
+		}
+		return stdout
+	}
+	if out := run("plan", "--config", d.ConfigPath); !strings.Contains(out, "1. done") {
+		t.Fatalf("plan for the deployed revision:\n%s\nwant done at once", out)
+	}
+
+	kms := readFile(t, d.ConfigPath)
+	newPort := vaulttest.FreePort(t)
+	next := strings.Replace(strings.Replace(kms, `revision: "1"`, `revision: "2"`, 1), fmt.Sprintf("metricsPort: %d", d.MetricsPort), fmt.Sprintf("metricsPort: %d", newPort), 1)
+	if next == kms {
+		t.Fatal("could not edit kms.yaml")
+	}
+	config2 := filepath.Join(dir, "kms.yaml")
+	writeTestFile(t, config2, next)
+	plan := run("plan", "--config", config2)
+	t.Logf("kmsctl rollout plan:\n%s", plan)
+	for _, want := range []string{"confirm node=" + d.Node.Name, "write-pod node=" + d.Node.Name + " revision=2/", "done"} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("plan lacks %q", want)
+		}
+	}
+	start := time.Now()
+	out := run("apply", "--config", config2, "--key", d.CosignPub, "--allow-insecure-registry", "--poll-interval", "1s", "--step-timeout", "3m")
+	t.Logf("kmsctl rollout apply (%.0fs):\n%s", time.Since(start).Seconds(), out)
+	if !strings.Contains(out, "] done") {
+		t.Fatalf("apply did not finish with done")
+	}
+	d.MetricsPort = newPort
+	mirror := d.WaitPluginPod(time.Minute, "Ready at revision 2", func(p *corev1.Pod) bool {
+		return cluster.PodReady(p) && p.Labels[render.LabelRevision] == "2"
+	})
+	t.Logf("mirror pod %s runs revision %s", mirror.Name, mirror.Labels[render.LabelRevision])
+	assertReads(t, api, secrets)
+	createStoredBy(t, d, secrets, "after-rollout")
+}
+
+func writeTestFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

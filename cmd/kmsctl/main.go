@@ -25,6 +25,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newImageCmd(), newVerifyImageCmd(), newRenderCmd(), newStatusCmd(), newRetireCmd(), newMigrateCmd(), newRotateCmd())
+	root.AddCommand(newImageCmd(), newVerifyImageCmd(), newRenderCmd(), newStatusCmd(), newRetireCmd(), newMigrateCmd(), newRotateCmd(), newRolloutCmd())
 	return root
 }
