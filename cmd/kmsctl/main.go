@@ -1,11 +1,13 @@
 // Command kmsctl is the operator side of vault-kms-plugin: it builds and
-// verifies the plugin image, renders what a control-plane node runs, and
-// (to come) rolls revisions and rotates keys. Commands only parse flags and
-// call into lifecycle/.
+// verifies the plugin image, renders what a control-plane node runs, rolls
+// revisions across the nodes, and rotates keys. Commands only parse flags
+// and call into lifecycle/.
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -27,4 +29,11 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(newImageCmd(), newVerifyImageCmd(), newRenderCmd(), newStatusCmd(), newRetireCmd(), newMigrateCmd(), newRotateCmd(), newRolloutCmd())
 	return root
+}
+
+// writeJSON is every command's -o json: indented, one document.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

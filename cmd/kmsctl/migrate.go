@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -437,9 +436,7 @@ func (o *migrateOptions) runSVM(ctx context.Context, cfg *rest.Config, rw *kube.
 
 func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 	if o.output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return writeJSON(w, r)
 	}
 	res := r.Result
 	fmt.Fprintf(w, "engine %s, stale: under transit versions below v%d", r.Engine, r.TransitVersion)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -160,9 +159,7 @@ func (o *retireOptions) Run(ctx context.Context, stdout io.Writer) error {
 		rep.Warning = backupWarning(res.Before.MinDecryption, res.Decision.To)
 	}
 	if o.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(stdout, rep); err != nil {
 			return err
 		}
 	} else if err := writeRetireTable(stdout, tc.Address, resources, rep); err != nil {
@@ -179,8 +176,13 @@ type transitKey struct{ c *transit.Client }
 
 func (k transitKey) Read(ctx context.Context) (rotation.KeyState, error) {
 	key, err := k.c.ReadKey(ctx)
+	return keyState(key), err
+}
+
+// keyState is what rotation's decisions need of a key Vault reported.
+func keyState(key transit.Key) rotation.KeyState {
 	return rotation.KeyState{Name: key.Name, Latest: key.Latest, MinDecryption: key.MinDecryption,
-		MinEncryption: key.MinEncryption, MinAvailable: key.MinAvailable}, err
+		MinEncryption: key.MinEncryption, MinAvailable: key.MinAvailable}
 }
 
 func (k transitKey) SetMinDecryptionVersion(ctx context.Context, v int) error {

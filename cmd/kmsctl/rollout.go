@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -153,9 +152,7 @@ func newRolloutPlanCmd() *cobra.Command {
 			}
 			steps := rollout.Plan(obs, 500)
 			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(steps)
+				return writeJSON(cmd.OutOrStdout(), steps)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "rolling out %s to %d node(s):\n", c.desired, len(obs.Nodes))
 			for i, s := range steps {

@@ -17,7 +17,6 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/apiserver"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rotation"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/transit"
-	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // rotateOptions are the flags of `kmsctl rotate`.
@@ -178,12 +177,10 @@ func (o *rotateOptions) Run(ctx context.Context, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(stderr, "rotate: rotated %s: v%d -> v%d\n", tc.KeyPath, before.Latest, key.Latest)
 	}
-	created, ok := key.Created[key.Latest]
+	keyID, ok := vault.MetadataKeyID(key, key.Latest)
 	if !ok {
 		return fmt.Errorf("%s: Vault gave no creation time for v%d", tc.KeyPath, key.Latest)
 	}
-	mount, name, _ := transit.SplitKeyPath(tc.KeyPath)
-	keyID := contract.MetadataKeyID(mount, name, key.Latest, created)
 	fmt.Fprintf(stderr, "rotate: waiting for %d API server(s) to report key_id %s\n", len(sources), keyID)
 	waitCtx, cancel := context.WithTimeout(ctx, o.waitTimeout)
 	defer cancel()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,7 +17,6 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rotation"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/transit"
-	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // statusOptions are the flags of `kmsctl status`.
@@ -183,12 +181,12 @@ func (o *statusOptions) Run(ctx context.Context, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		state := rotation.KeyState{Name: key.Name, Latest: key.Latest, MinDecryption: key.MinDecryption,
-			MinEncryption: key.MinEncryption, MinAvailable: key.MinAvailable}
+		state := keyState(key)
 		status.TransitKey = &TransitKeyStatus{KeyState: state, Address: tc.Address, Versions: rotation.Verdicts(state, rep)}
-		mount, name, _ := transit.SplitKeyPath(tc.KeyPath)
-		for v, created := range key.Created {
-			versions[apiserver.KeyIDHash(contract.MetadataKeyID(mount, name, v, created))] = v
+		for _, v := range key.Versions {
+			if keyID, ok := client.MetadataKeyID(key, v); ok {
+				versions[apiserver.KeyIDHash(keyID)] = v
+			}
 		}
 	}
 	if len(o.apiservers) > 0 {
@@ -213,9 +211,7 @@ func (o *statusOptions) Run(ctx context.Context, stdout io.Writer) error {
 		}
 	}
 	if o.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(status)
+		return writeJSON(stdout, status)
 	}
 	return writeStatusTable(stdout, status)
 }

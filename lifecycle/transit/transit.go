@@ -26,6 +26,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 	"github.com/vaultkms/vault-kms-plugin/plugin/vault"
 )
 
@@ -214,6 +215,17 @@ func (c *Client) Rotate(ctx context.Context) error {
 		return c.wrap("rotate "+c.KeyPath(), "update on "+path, err)
 	}
 	return nil
+}
+
+// MetadataKeyID is the key_id the plugin reports for version of k (as
+// ReadKey returned it) in its default -key-id-mode=metadata; false when
+// Vault gave no creation time for that version.
+func (c *Client) MetadataKeyID(k Key, version int) (string, bool) {
+	created, ok := k.Created[version]
+	if !ok {
+		return "", false
+	}
+	return contract.MetadataKeyID(c.mount, c.name, version, created), true
 }
 
 // SetMinDecryptionVersion sets min_decryption_version (update on

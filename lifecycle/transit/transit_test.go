@@ -82,6 +82,12 @@ func TestClient(t *testing.T) {
 		if k.Name != "transit/k" || k.Latest != 3 || k.MinDecryption != 2 || len(k.Versions) != 3 || k.Versions[2] != 3 || k.Created[3] != 3 {
 			t.Errorf("key %+v", k)
 		}
+		if id, ok := c.MetadataKeyID(k, 3); !ok || id != "vault-transit:transit/k:v3:3" {
+			t.Errorf("MetadataKeyID(v3) = %q, %v; want the plugin's metadata key_id", id, ok)
+		}
+		if _, ok := c.MetadataKeyID(k, 4); ok {
+			t.Error("MetadataKeyID of a version Vault did not report => ok")
+		}
 		if got := seen.Get("X-Vault-Token"); got != testToken {
 			t.Errorf("token sent %q", got)
 		}
