@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/atomicfile"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
 )
@@ -82,53 +82,10 @@ func (o *renderOptions) Run(stdout io.Writer) error {
 	}
 	for _, f := range files {
 		p := filepath.Join(o.outDir, f.Name)
-		if err := writeFileAtomic(p, f.Data, f.Mode); err != nil {
+		if err := atomicfile.WriteFile(p, f.Data, f.Mode); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, p)
-	}
-	return nil
-}
-
-// writeFileAtomic replaces path with data so that a reader (kubelet, the
-// API server's config reload) sees the old file or the new one, never a
-// part, and a crash leaves one of them on disk: a temporary file in the
-// same directory, fsync, rename over path, fsync the directory.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	// CreateTemp makes the file 0600; set the mode whatever the umask.
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write %s: open directory to fsync: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync directory: %w", path, err)
 	}
 	return nil
 }

@@ -241,13 +241,13 @@ func TestAFailedWriteLeavesTheOldFile(t *testing.T) {
 	kept := snapshot(t, f)
 	diskFull := errors.New("no space left on device")
 	failOn := func(t *testing.T, path string) {
-		failBeforeRename = func(p string) error {
+		files.BeforeRename = func(p string) error {
 			if p == path {
 				return diskFull
 			}
 			return nil
 		}
-		t.Cleanup(func() { failBeforeRename = nil })
+		t.Cleanup(func() { files.BeforeRename = nil })
 	}
 
 	t.Run("write-pod of an in-place revision fails => old pod intact", func(t *testing.T) {
@@ -284,7 +284,7 @@ func TestAFailedWriteLeavesTheOldFile(t *testing.T) {
 		// Cut short, the node still lists the new provider and still runs
 		// its pod: the config was not restored, so the pod was not removed.
 		mustEqual(t, observe(t, f), lifecycle.NodeConfig{Pods: pods(render.Revision(old), render.Revision(q)), Providers: kms(p, n)})
-		failBeforeRename = nil
+		files.BeforeRename = nil
 		if err := st.Apply(f, back, Rendered{}); err != nil {
 			t.Fatal(err)
 		}

@@ -104,8 +104,8 @@ func TestProgress(t *testing.T) {
 		if err := st.SaveProgress(full); err != nil {
 			t.Fatal(err)
 		}
-		failBeforeRename = func(string) error { return fmt.Errorf("no space left on device") }
-		t.Cleanup(func() { failBeforeRename = nil })
+		files.BeforeRename = func(string) error { return fmt.Errorf("no space left on device") }
+		t.Cleanup(func() { files.BeforeRename = nil })
 		if err := st.SaveProgress(rollout.Progress{}); err == nil {
 			t.Fatal("the save did not fail")
 		}
