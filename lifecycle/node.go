@@ -143,6 +143,8 @@ type PluginHealth struct {
 	// could tell it (the pod's labels, image and args); zero if unknown. A
 	// socket answering for an older revision says nothing about the new one.
 	Running Revision
+	// Healthz and KeyID are what Status answered, when it answered.
+	Healthz, KeyID string
 	// StatusOK: Status answered version v2, healthz ok and a key_id.
 	StatusOK bool
 	// PreflightOK: an Encrypt then Decrypt round trip returned the plaintext.

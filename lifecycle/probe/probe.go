@@ -42,10 +42,12 @@ func Plugin(ctx context.Context, path string) lifecycle.PluginHealth {
 	call, cancel := context.WithTimeout(ctx, CallTimeout)
 	st, err := kms.Status(call, &kmsapi.StatusRequest{})
 	cancel()
-	switch {
-	case err != nil:
+	if err != nil {
 		h.Err = fmt.Sprintf("plugin socket %s: Status: %v", path, err)
 		return h
+	}
+	h.Healthz, h.KeyID = st.Healthz, st.KeyId
+	switch {
 	case st.Version != "v2" || st.Healthz != "ok" || st.KeyId == "":
 		h.Err = fmt.Sprintf("plugin socket %s: Status answered version %q, healthz %q, key_id %q; want v2, ok and a key_id", path, st.Version, st.Healthz, st.KeyId)
 		return h
