@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +21,7 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/clusterstate"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/observe"
 	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
@@ -114,6 +118,10 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 
 	t.Run("kmsctl rollout plan and apply roll a new revision onto the node in place", func(t *testing.T) {
 		testRolloutInPlace(t, d, secrets)
+	})
+
+	t.Run("kmsctl rollout node rolls another new revision onto its node in place and publishes the node's state", func(t *testing.T) {
+		testRolloutNodeInPlace(t, d, secrets)
 	})
 
 	t.Run("OpenShift's argument list in a native sidecar with its socket on an emptyDir serves the API server", func(t *testing.T) {
@@ -353,6 +361,101 @@ nodes:
 	t.Logf("mirror pod %s runs revision %s", mirror.Name, mirror.Labels[render.LabelRevision])
 	assertReads(t, api, secrets)
 	createStoredBy(t, d, secrets, "after-rollout")
+}
+
+// testRolloutNodeInPlace is testRolloutInPlace the kubeadm way: kmsctl
+// rollout node, run on the node it names, with a state directory of its
+// own, rolls revision 3 (another metrics port) onto that node, waits until
+// the kubelet runs it healthy, confirms, and is done; the
+// kube-system/kmsctl-rollout ConfigMap then holds the node's files as
+// observed and the progress with nothing in flight. Run again, it finds
+// nothing to do.
+func testRolloutNodeInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
+	api := d.APIServer
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	nodes := filepath.Join(dir, "nodes.yaml")
+	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
+kind: Nodes
+stateDir: %s
+nodes:
+- name: %s
+  manifestDir: %s
+  encryptionConfig: %s
+  socketDir: %s
+  apiServer: %s
+`, filepath.Join(dir, "node-state"), d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+
+	kms := readFile(t, d.ConfigPath)
+	newPort := vaulttest.FreePort(t)
+	port := regexp.MustCompile(`metricsPort: \d+`)
+	next := port.ReplaceAllString(strings.Replace(kms, `revision: "1"`, `revision: "3"`, 1), fmt.Sprintf("metricsPort: %d", newPort))
+	if !strings.Contains(next, `revision: "3"`) || !strings.Contains(next, fmt.Sprintf("metricsPort: %d", newPort)) {
+		t.Fatal("could not edit kms.yaml")
+	}
+	config3 := filepath.Join(dir, "kms.yaml")
+	writeTestFile(t, config3, next)
+	node := func() string {
+		t.Helper()
+		start := time.Now()
+		stdout, stderr, err := cluster.Kmsctl(t, "rollout", "node", "--node", d.Node.Name, "--nodes", nodes, "--kubeconfig", kubeconfig,
+			"--config", config3, "--key", d.CosignPub, "--allow-insecure-registry", "--poll-interval", "1s", "--step-timeout", "3m")
+		t.Logf("kmsctl rollout node (%.0fs):\n%s", time.Since(start).Seconds(), stdout)
+		if err != nil {
+			t.Fatalf("kmsctl rollout node: %v\n%s%s", err, stdout, stderr)
+		}
+		return stdout
+	}
+	out := node()
+	for _, want := range []string{"write-pod node=" + d.Node.Name + " revision=3/", "] done node=" + d.Node.Name} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rollout node output lacks %q", want)
+		}
+	}
+	d.MetricsPort = newPort
+	mirror := d.WaitPluginPod(time.Minute, "Ready at revision 3", func(p *corev1.Pod) bool {
+		return cluster.PodReady(p) && p.Labels[render.LabelRevision] == "3"
+	})
+	t.Logf("mirror pod %s runs revision %s", mirror.Name, mirror.Labels[render.LabelRevision])
+
+	kube, err := dynamic.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := clusterstate.New(kube).Load(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	published, ok := st.Nodes[d.Node.Name]
+	if !ok {
+		t.Fatalf("ConfigMap %s/%s holds no state of node %s: %+v", clusterstate.Namespace, clusterstate.Name, d.Node.Name, st.Nodes)
+	}
+	raw, err := os.ReadFile(api.EncryptionConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(raw)
+	if want := "sha256:" + hex.EncodeToString(sum[:]); published.ConfigHash != want {
+		t.Errorf("published configHash %s, want %s (the file on the node)", published.ConfigHash, want)
+	}
+	if p, ok := published.OnDisk.Pod(d.Provider); !ok || p.Name != "3" {
+		t.Errorf("published files [%s], want the pod of %s at revision 3", published.OnDisk, d.Provider)
+	}
+	if lkg, ok := st.Progress.LastKnownGood[d.Node.Name]; !ok || !lkg.Equal(published.OnDisk) {
+		t.Errorf("last-known-good of %s is [%s] (recorded %v), want the confirmed [%s]", d.Node.Name, lkg, ok, published.OnDisk)
+	}
+	if st.Progress.InFlight != nil {
+		t.Errorf("a step is still in flight: %s", st.Progress.InFlight)
+	}
+	assertReads(t, api, secrets)
+	createStoredBy(t, d, secrets, "after-rollout-node")
+
+	if again := node(); strings.Contains(again, "write-pod") || !strings.Contains(again, "] done node="+d.Node.Name) {
+		t.Errorf("rollout node run again on a node at revision 3 did not stop at done without a change")
+	}
 }
 
 func writeTestFile(t *testing.T, path, content string) {

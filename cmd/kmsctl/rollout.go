@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -21,11 +22,13 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/image"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/clusterstate"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/nodefs"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/observe"
 )
 
-// rolloutOptions are the flags shared by `kmsctl rollout plan` and `apply`.
+// rolloutOptions are the flags shared by `kmsctl rollout plan`, `apply`
+// and `node`.
 type rolloutOptions struct {
 	nodesPath   string
 	configPath  string
@@ -53,19 +56,29 @@ func (o *rolloutOptions) validate() error {
 }
 
 // cluster is what a rollout reads once: the nodes, the desired revision and
-// the clients that observe them.
+// the clients that observe them and keep the shared state.
 type cluster struct {
 	nodes   *config.Nodes
 	cfg     *config.Config
 	desired lifecycle.Revision
 	kube    dynamic.Interface
 	apis    map[string]*apiserver.Observer
+	state   *clusterstate.Store
 }
 
-func (o *rolloutOptions) load() (*cluster, error) {
+// load reads nodes.yaml, kms.yaml and the kubeconfig. only, when set, is
+// the node of `rollout node`, which nodes.yaml must list.
+func (o *rolloutOptions) load(only string) (*cluster, error) {
 	nodes, err := config.LoadNodes(o.nodesPath)
 	if err != nil {
 		return nil, err
+	}
+	if only != "" && !slices.ContainsFunc(nodes.Nodes, func(n config.NodeFiles) bool { return n.Name == only }) {
+		names := make([]string, len(nodes.Nodes))
+		for i, n := range nodes.Nodes {
+			names[i] = n.Name
+		}
+		return nil, fmt.Errorf("--node %s is not in %s, which lists %s: name this node as nodes.yaml does", only, o.nodesPath, strings.Join(names, ", "))
 	}
 	cfg, err := config.Load(o.configPath)
 	if err != nil {
@@ -82,7 +95,7 @@ func (o *rolloutOptions) load() (*cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	c := &cluster{nodes: nodes, cfg: cfg, desired: render.Revision(cfg), kube: kube, apis: map[string]*apiserver.Observer{}}
+	c := &cluster{nodes: nodes, cfg: cfg, desired: render.Revision(cfg), kube: kube, apis: map[string]*apiserver.Observer{}, state: clusterstate.New(kube)}
 	for _, n := range nodes.Nodes {
 		if c.apis[n.Name], err = apiserver.New(rest, n.APIServer); err != nil {
 			return nil, err
@@ -91,21 +104,73 @@ func (o *rolloutOptions) load() (*cluster, error) {
 	return c, nil
 }
 
-// observe reads every node and the persisted progress.
-func (c *cluster) observe(ctx context.Context, stepTimeout time.Duration) (rollout.Observed, error) {
-	o := rollout.Observed{Desired: c.desired, Now: time.Now(), StepTimeout: stepTimeout}
-	var err error
-	if o.Progress, err = nodefs.LoadProgress(c.nodes.StateDir); err != nil {
-		return o, err
+// observer gathers what the planner decides from: the shared state, then
+// the nodes whose files this kmsctl reaches (observed in full, and
+// published so that a kmsctl on another node sees them), then the others
+// from afar, from what their own kmsctl published. Publishing comes before
+// any decision, so a node's first `rollout node` makes it known.
+type observer struct {
+	c           *cluster
+	local       map[string]bool
+	publish     bool // plan changes nothing, the ConfigMap included
+	stepTimeout time.Duration
+}
+
+func (ob *observer) observe(ctx context.Context) (rollout.Observed, clusterstate.State, error) {
+	c := ob.c
+	o := rollout.Observed{Desired: c.desired, StepTimeout: ob.stepTimeout}
+	st, err := c.state.Load(ctx)
+	if err != nil {
+		return o, st, err
 	}
-	for _, f := range c.nodes.Nodes {
-		n, err := observe.Node(ctx, f, c.kube, c.apis[f.Name])
+	if st.ResourceVersion == "" {
+		legacy, err := nodefs.LoadProgress(c.nodes.StateDir)
 		if err != nil {
-			return o, err
+			return o, st, err
 		}
-		o.Nodes = append(o.Nodes, n)
+		if err := legacyInFlight(legacy, c.nodes.StateDir); err != nil {
+			return o, st, err
+		}
 	}
-	return o, nil
+	o.Now = time.Now()
+	o.Nodes = make([]lifecycle.Node, len(c.nodes.Nodes))
+	changed := false
+	for i, f := range c.nodes.Nodes {
+		if !ob.local[f.Name] {
+			continue
+		}
+		if o.Nodes[i], err = observe.Node(ctx, f, c.kube, c.apis[f.Name]); err != nil {
+			return o, st, err
+		}
+		changed = st.Publish(o.Nodes[i], o.Now) || changed
+	}
+	if changed && ob.publish {
+		if st, err = c.state.Save(ctx, st); err != nil {
+			return o, st, err
+		}
+	}
+	if err := unpublished(c.nodes.Nodes, ob.local, st.Nodes); err != nil {
+		return o, st, err
+	}
+	for i, f := range c.nodes.Nodes {
+		if !ob.local[f.Name] {
+			o.Nodes[i] = observe.Remote(ctx, f.Name, st.Nodes[f.Name], c.kube, c.apis[f.Name])
+		}
+	}
+	o.Progress = st.Progress
+	return o, st, nil
+}
+
+// unpublished refuses to decide while a node whose files this kmsctl does
+// not reach has never been published: the planner would decide without
+// knowing that node's files.
+func unpublished(nodes []config.NodeFiles, local map[string]bool, published map[string]clusterstate.NodeState) error {
+	for _, f := range nodes {
+		if _, ok := published[f.Name]; !ok && !local[f.Name] {
+			return fmt.Errorf("rollout refused: node %s has not been observed by kmsctl yet: run `kmsctl rollout node --node %s` there first", f.Name, f.Name)
+		}
+	}
+	return nil
 }
 
 func newRolloutCmd() *cobra.Command {
@@ -122,9 +187,12 @@ added read-only on every node before it is promoted to write on any.
 plan prints the steps and changes nothing. apply verifies the image's
 signature, then applies the steps, rolling a node back to its last-known-good
 files when a step does not turn healthy within --step-timeout; killed at any
-point, it resumes (or rolls back) when run again.`,
+point, it resumes (or rolls back) when run again. node does what apply does for
+the one node it runs on. The rollout's progress, and what kmsctl last observed
+of each node's files, are kept in the kube-system/kmsctl-rollout ConfigMap, so
+apply and node can be mixed.`,
 	}
-	cmd.AddCommand(newRolloutPlanCmd(), newRolloutApplyCmd())
+	cmd.AddCommand(newRolloutPlanCmd(), newRolloutApplyCmd(), newRolloutNodeCmd())
 	return cmd
 }
 
@@ -142,11 +210,16 @@ func newRolloutPlanCmd() *cobra.Command {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o must be table or json, not %q", output)
 			}
-			c, err := o.load()
+			c, err := o.load("")
 			if err != nil {
 				return err
 			}
-			obs, err := c.observe(cmd.Context(), o.stepTimeout)
+			all := map[string]bool{}
+			for _, n := range c.nodes.Nodes {
+				all[n.Name] = true
+			}
+			ob := &observer{c: c, local: all, stepTimeout: o.stepTimeout}
+			obs, _, err := ob.observe(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -166,52 +239,109 @@ func newRolloutPlanCmd() *cobra.Command {
 	return cmd
 }
 
+// driveOptions are the flags of the commands that change nodes: apply,
+// and node.
+type driveOptions struct {
+	rolloutOptions
+	verify  verifyImageOptions
+	poll    time.Duration
+	timeout time.Duration
+	// node is `rollout node`'s --node.
+	node string
+}
+
+func (o *driveOptions) addFlags(cmd *cobra.Command) {
+	o.rolloutOptions.addFlags(cmd.Flags())
+	o.verify.addFlags(cmd)
+	cmd.Flags().DurationVar(&o.poll, "poll-interval", 2*time.Second, "how often to observe the nodes while a step turns healthy")
+	cmd.Flags().DurationVar(&o.timeout, "apply-timeout", time.Hour, "stop after this long (leaving healthy steps as they are); run the same command again to continue")
+}
+
+func (o *driveOptions) validate() error {
+	if err := o.rolloutOptions.validate(); err != nil {
+		return err
+	}
+	if err := o.verify.validate(); err != nil {
+		return err
+	}
+	if o.poll <= 0 || o.timeout <= 0 {
+		return errors.New("--poll-interval and --apply-timeout must be positive")
+	}
+	return nil
+}
+
+// runE is the commands' RunE: validate, then drive under the signal and
+// --apply-timeout contexts.
+func (o *driveOptions) runE(validate func() error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if err := validate(); err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		return o.drive(ctx, cmd.OutOrStdout())
+	}
+}
+
 func newRolloutApplyCmd() *cobra.Command {
-	o := &rolloutOptions{}
-	v := &verifyImageOptions{}
-	var poll, timeout time.Duration
+	o := &driveOptions{}
 	cmd := &cobra.Command{
 		Use:   "apply --nodes nodes.yaml --config kms.yaml --key cosign.pub",
 		Short: "Verify the image, then roll the revision across the nodes, each step gated on health, with rollback",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.validate(); err != nil {
-				return err
-			}
-			if err := v.validate(); err != nil {
-				return err
-			}
-			if poll <= 0 || timeout <= 0 {
-				return errors.New("--poll-interval and --apply-timeout must be positive")
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			ctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
-			return o.apply(ctx, v, poll, cmd.OutOrStdout())
-		},
 	}
-	o.addFlags(cmd.Flags())
-	v.addFlags(cmd)
-	cmd.Flags().DurationVar(&poll, "poll-interval", 2*time.Second, "how often to observe the nodes while a step turns healthy")
-	cmd.Flags().DurationVar(&timeout, "apply-timeout", time.Hour, "stop after this long (leaving healthy steps as they are); run apply again to continue")
+	cmd.RunE = o.runE(o.validate)
+	o.addFlags(cmd)
 	return cmd
 }
 
-// apply drives the planner until it is done or refuses, following the
-// driver contract of package rollout: one step between two observations,
-// progress persisted before a file changes.
-func (o *rolloutOptions) apply(ctx context.Context, v *verifyImageOptions, poll time.Duration, out io.Writer) error {
-	c, err := o.load()
+func newRolloutNodeCmd() *cobra.Command {
+	o := &driveOptions{}
+	cmd := &cobra.Command{
+		Use:   "node --node NAME --nodes nodes.yaml --config kms.yaml --key cosign.pub",
+		Short: "On one node: verify the image, then run the rollout's steps for this node only, refusing any the cluster is not ready for",
+		Long: `node runs on the node it names and changes that node's files only, as
+kubeadm upgrade node does, so that an admin or an Ansible loop can go node by
+node. nodes.yaml lists every node (their API servers; the files of this node
+only need be reachable) and this node's state directory. The same planner as
+apply decides, from this node observed in full and the other nodes as their
+own kmsctl last published them in the kube-system/kmsctl-rollout ConfigMap,
+with their mirror pods and API servers observed from here.
+
+It applies this node's next steps until the node has nothing left to do (exit
+0, printing what the cluster still needs), or the cluster is not ready for
+this node's next step (exit 0 once this run has moved the node; otherwise
+non-zero with the reason, nothing changed), or a step does not turn healthy
+within --step-timeout (rolled back, non-zero). Killed at any point, the same
+command resumes or rolls back.`,
+		Args: cobra.NoArgs,
+	}
+	cmd.RunE = o.runE(func() error {
+		if o.node == "" {
+			return errors.New("--node is required: the name, in nodes.yaml, of the node this kmsctl runs on")
+		}
+		return o.validate()
+	})
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&o.node, "node", "", "the node this kmsctl runs on, as nodes.yaml names it (required)")
+	return cmd
+}
+
+// drive verifies the image, then runs the driver over the nodes this
+// command changes: every node (apply) or o.node (node).
+func (o *driveOptions) drive(ctx context.Context, out io.Writer) error {
+	c, err := o.load(o.node)
 	if err != nil {
 		return err
 	}
 	// Only an image verify-image accepts is ever written into a manifest.
-	verifier, err := image.NewVerifier(v.Options)
+	verifier, err := image.NewVerifier(o.verify.Options)
 	if err != nil {
 		return err
 	}
-	vctx, cancel := context.WithTimeout(ctx, v.timeout)
+	vctx, cancel := context.WithTimeout(ctx, o.verify.timeout)
 	verified, err := verifier.Verify(vctx, c.cfg.Vault.KMSPluginImage)
 	cancel()
 	if err != nil {
@@ -224,75 +354,33 @@ func (o *rolloutOptions) apply(ctx context.Context, v *verifyImageOptions, poll 
 	if err != nil {
 		return err
 	}
-	rendered := nodefs.Rendered{Pod: pod, Provider: render.KMSProvider(c.cfg)}
+	// The lock guards this machine's files (and last-known-good copies)
+	// against a second kmsctl here; the ConfigMap's resourceVersion guards
+	// the shared progress against kmsctl on other nodes.
 	store, err := nodefs.Open(c.nodes.StateDir)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	files := map[string]nodefs.NodeFiles{}
+	local := map[string]nodefs.NodeFiles{}
+	reach := map[string]bool{}
 	for _, n := range c.nodes.Nodes {
-		files[n.Name] = nodefs.NodeFiles{Name: n.Name, ManifestDir: n.ManifestDir, EncryptionConfigPath: n.EncryptionConfig}
-	}
-
-	start := time.Now()
-	var lastWait string
-	var lastPrinted time.Time
-	for {
-		obs, err := c.observe(ctx, o.stepTimeout)
-		if err != nil {
-			return err
-		}
-		s := rollout.Next(obs)
-		line := fmt.Sprintf("[%6.1fs] %s", time.Since(start).Seconds(), s)
-		switch s.Action {
-		case rollout.Done:
-			fmt.Fprintln(out, line)
-			return nil
-		case rollout.Refuse:
-			fmt.Fprintln(out, line)
-			return fmt.Errorf("rollout refused: %s", s.Reason)
-		case rollout.Wait:
-			// One line per distinct wait, and one every 15s while it lasts
-			// (the reason ends with the time spent, which always changes).
-			reason := s.Reason
-			if i := strings.LastIndex(reason, " ("); i > 0 {
-				reason = reason[:i]
-			}
-			if reason != lastWait || time.Since(lastPrinted) >= 15*time.Second {
-				fmt.Fprintln(out, line)
-				lastWait, lastPrinted = reason, time.Now()
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w while waiting: %s (run apply again to continue)", ctx.Err(), s.Reason)
-			case <-time.After(poll):
-			}
-			continue
-		}
-		lastWait = ""
-		fmt.Fprintln(out, line)
-		p := obs.Progress
-		if s.Action == rollout.Confirm {
-			if err := store.Apply(files[s.Node], s, rendered); err != nil {
-				return err
-			}
-			p.LastKnownGood[s.Node], p.InFlight = s.Config, nil
-			if err := store.SaveProgress(p); err != nil {
-				return err
-			}
-			continue
-		}
-		step := s
-		p.InFlight, p.StartedAt = &step, obs.Now
-		if s.Action == rollout.RollBack {
-			p.Failed = &rollout.Failure{Revision: c.desired, Node: s.Node, Reason: s.Reason}
-		}
-		if err := store.SaveProgress(p); err != nil {
-			return err
-		}
-		if err := store.Apply(files[s.Node], s, rendered); err != nil {
-			return err
+		if o.node == "" || n.Name == o.node {
+			local[n.Name] = nodefs.NodeFiles{Name: n.Name, ManifestDir: n.ManifestDir, EncryptionConfigPath: n.EncryptionConfig}
+			reach[n.Name] = true
 		}
 	}
+	ob := &observer{c: c, local: reach, publish: true, stepTimeout: o.stepTimeout}
+	d := &driver{
+		only:     o.node,
+		observe:  ob.observe,
+		save:     c.state.Save,
+		files:    store,
+		local:    local,
+		stateDir: c.nodes.StateDir,
+		rendered: nodefs.Rendered{Pod: pod, Provider: render.KMSProvider(c.cfg)},
+		poll:     o.poll,
+		out:      out,
+	}
+	return d.run(ctx)
 }

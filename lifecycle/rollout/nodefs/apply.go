@@ -286,6 +286,29 @@ func (s *Store) readLKG(node string) (*lkgSet, error) {
 	return set, nil
 }
 
+// LastKnownGood is the config of node's last-known-good files kept in
+// this state directory, and false when none are kept here: the driver
+// checks, before changing a node, that a rollback could restore what the
+// shared progress records (the files may have been kept by a kmsctl with
+// another state directory, on another machine).
+func (s *Store) LastKnownGood(node string) (lifecycle.NodeConfig, bool, error) {
+	if err := checkNodeName(node); err != nil {
+		return lifecycle.NodeConfig{}, false, err
+	}
+	if _, err := os.Lstat(filepath.Join(s.nodeDir(node), lkgLink)); errors.Is(err, fs.ErrNotExist) {
+		return lifecycle.NodeConfig{}, false, nil
+	}
+	set, err := s.readLKG(node)
+	if err != nil {
+		return lifecycle.NodeConfig{}, false, err
+	}
+	kept, err := set.state()
+	if err != nil {
+		return lifecycle.NodeConfig{}, false, err
+	}
+	return kept.nodeConfig(), true, nil
+}
+
 // state reads the set as Observe reads a node.
 func (l *lkgSet) state() (*nodeState, error) {
 	st := &nodeState{pods: map[string]manifest{}, config: l.config}

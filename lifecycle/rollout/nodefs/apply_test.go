@@ -339,3 +339,25 @@ func TestConfirmReplacesTheWholeSet(t *testing.T) {
 		t.Fatalf("set directory mode %v, %v; want 0700 (the config may hold keys)", fi.Mode(), err)
 	}
 }
+
+// LastKnownGood reads back what Confirm kept, and says when nothing is kept.
+func TestLastKnownGoodReadsWhatConfirmKept(t *testing.T) {
+	cfg := loadConfig(t, "dev")
+	f := newNode(t, "a", cfg, "", "")
+	st := open(t)
+	if _, ok, err := st.LastKnownGood("a"); ok || err != nil {
+		t.Fatalf("before any confirm: kept %v, err %v; want none", ok, err)
+	}
+	want := observe(t, f)
+	if err := st.Apply(f, rollout.Step{Action: rollout.Confirm, Node: "a", Config: want}, Rendered{}); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := st.LastKnownGood("a")
+	if err != nil || !ok {
+		t.Fatalf("after confirm: kept %v, err %v", ok, err)
+	}
+	mustEqual(t, got, want)
+	if _, _, err := st.LastKnownGood("../a"); err == nil {
+		t.Error("a node name that is a path was read")
+	}
+}

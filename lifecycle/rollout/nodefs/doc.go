@@ -51,4 +51,11 @@
 // SaveProgress with LastKnownGood[node] set and nothing in flight, in that
 // order, so that progress never names a last-known-good config whose files
 // were not kept.
+//
+// kmsctl itself keeps the Progress in the cluster (package clusterstate),
+// where a kmsctl on every node reaches it, in the same order; it reads
+// progress.json only to refuse one left with a step in flight by a kmsctl
+// that kept it here. The last-known-good files stay here: LastKnownGood
+// tells a driver whether this directory holds the set the shared progress
+// records, before it changes a node that may have been confirmed elsewhere.
 package nodefs

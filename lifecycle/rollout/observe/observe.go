@@ -4,6 +4,12 @@
 // revision each plugin pod actually runs (its mirror pod, as the kubelet
 // reports it), and the node's API server (kms-providers readiness and the
 // EncryptionConfiguration it loaded). It decides nothing.
+//
+// Node observes a node whose files and sockets this kmsctl reaches. Remote
+// observes one it does not (`kmsctl rollout node` runs on another node):
+// its files as the kmsctl on that node last published them (clusterstate),
+// its plugins through their mirror pods, its API server at its own
+// address.
 package observe
 
 import (
@@ -22,6 +28,7 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/probe"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/clusterstate"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/nodefs"
 )
 
@@ -65,6 +72,54 @@ func Node(ctx context.Context, f config.NodeFiles, kube dynamic.Interface, api *
 	}
 	n.APIServer = probe.APIServer(ctx, api)
 	return n, nil
+}
+
+// Remote observes node name from afar: published is what kmsctl last
+// observed of its files on that node. Nothing here fails: an unreachable
+// API server or pod list is an observation (an unhealthy node).
+func Remote(ctx context.Context, name string, published clusterstate.NodeState, kube dynamic.Interface, api *apiserver.Observer) lifecycle.Node {
+	n := lifecycle.Node{Name: name, OnDisk: published.OnDisk, ConfigHash: published.ConfigHash}
+	n.APIServer = probe.APIServer(ctx, api)
+	running, err := RunningRevisions(ctx, kube, name)
+	n.Plugins = remotePlugins(name, published.OnDisk, running, err, n.APIServer)
+	return n
+}
+
+// remotePlugins is the plugins' health of a node whose sockets cannot be
+// dialled from here, from what can be seen of it:
+//   - a static pod's plugin is healthy when its mirror pod is Ready at the
+//     revision on disk. Ready means the pod's readiness probe (/readyz: the
+//     plugin's own Status check of Vault) passes, which stands for Status
+//     ok; the Encrypt/Decrypt preflight cannot be made from afar, but the
+//     kmsctl on that node made it before confirming the pod's step;
+//   - a listed provider that no kmsctl pod serves (a sidecar of the API
+//     server's own pod) answers Status when the node's API server passes
+//     its kms-providers check, which calls every provider it loaded; the
+//     planner separately requires that it loaded the file on disk.
+func remotePlugins(node string, onDisk lifecycle.NodeConfig, running map[string]lifecycle.Revision, runErr error, api lifecycle.APIServerHealth) map[string]lifecycle.PluginHealth {
+	out := map[string]lifecycle.PluginHealth{}
+	for _, r := range onDisk.Pods {
+		rev, ok := running[r.Provider]
+		switch {
+		case runErr != nil:
+			out[r.Provider] = lifecycle.PluginHealth{Err: runErr.Error()}
+		case !ok:
+			out[r.Provider] = lifecycle.PluginHealth{Err: fmt.Sprintf("no Ready pod of provider %s on node %s", r.Provider, node)}
+		default:
+			out[r.Provider] = lifecycle.PluginHealth{Running: rev, StatusOK: true, PreflightOK: true}
+		}
+	}
+	for _, p := range onDisk.Providers {
+		if _, hasPod := out[p.Name]; !p.KMS || hasPod {
+			continue
+		}
+		h := lifecycle.PluginHealth{StatusOK: api.ReadyzKMS}
+		if !api.ReadyzKMS {
+			h.Err = fmt.Sprintf("node %s's API server does not pass kms-providers", node)
+		}
+		out[p.Name] = h
+	}
+	return out
 }
 
 // RunningRevisions maps each provider to the revision its plugin pod runs
