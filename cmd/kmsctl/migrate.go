@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -49,6 +50,9 @@ type MigrateReport struct {
 	BeforeRevision int64          `json:"beforeRevision"`
 	AfterRevision  int64          `json:"afterRevision"`
 	Result         migrate.Result `json:"result"`
+	// Passes counts --engine=direct's rewrite passes (see directPasses);
+	// 0 for svm.
+	Passes int `json:"passes,omitempty"`
 	// Remaining lists, up to --limit, objects still stale after the run,
 	// and RemainingCount counts all of them.
 	Remaining      []migrate.Object `json:"remaining,omitempty"`
@@ -126,8 +130,13 @@ only and is reported.
 --engine=auto (the default) is svm when the API server serves
 storagemigration.k8s.io/v1, else direct, and says which on stderr.
 
-Progress goes to stderr every 2 seconds; the report to stdout (-o table or
-json).`,
+--engine=direct rewrites in passes: after the first, over the first scan's
+list, a new scan finds what was written stale meanwhile (an API server that
+switched its key a moment late) and rewrites it, 3 passes at most.
+
+Progress goes to stderr every 2 seconds: on a terminal, one line redrawn
+with a bar, objects/s and the time left; otherwise a plain line each time.
+The report goes to stdout (-o table or json).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -340,14 +349,36 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 	if o.chosen == "svm" {
 		return o.runSVM(ctx, cfg, rw, stdout, stderr)
 	}
+	pr := newProgressPrinter(stderr, "migrate: ")
+	defer pr.Done()
+	opts := migrate.Options{Workers: o.workers, QPS: o.qps,
+		Progress: func(p migrate.Progress) { pr.Update(p.Done, p.Total, p.String()) }}
+	start := time.Now()
 	lister := &scanLister{o: o}
-	res, runErr := migrate.Run(ctx, lister, rw, migrate.Options{Workers: o.workers, QPS: o.qps,
-		Progress: func(p migrate.Progress) { fmt.Fprintf(stderr, "migrate: %s\n", p) }})
+	res, runErr := migrate.Run(ctx, lister, rw, opts)
 	if runErr != nil && lister.counts == nil {
 		return runErr
 	}
 	rep := MigrateReport{Engine: o.chosen, TransitVersion: o.transitVersion, Before: lister.counts,
-		BeforeRevision: lister.revision, Result: res}
+		BeforeRevision: lister.revision, Result: res, Passes: 1}
+	// Objects written stale after the first scan (by an API server that
+	// switched its DEK a moment after reporting the new key_id, or by one
+	// still on the old key) are not in the first list: rewrite what a
+	// fresh scan finds, a bounded number of times, as the SVM engine does.
+	for runErr == nil && rep.Passes < directPasses {
+		_, _, left, err := o.scanStale(ctx)
+		if err != nil {
+			return fmt.Errorf("etcd scan after pass %d: %w", rep.Passes, err)
+		}
+		if len(left) == 0 {
+			break
+		}
+		rep.Passes++
+		pr.Println(fmt.Sprintf("%d objects are stale that the first scan did not list (written since under an older key_id); rewriting them, pass %d of %d", len(left), rep.Passes, directPasses))
+		var more migrate.Result
+		more, runErr = migrate.Run(ctx, listed(left), rw, opts)
+		rep.Result = addResults(rep.Result, more, time.Since(start))
+	}
 	if runErr != nil {
 		// Interrupted: no final scan; the next run lists what is left.
 		if err := o.write(stdout, rep); err != nil {
@@ -356,6 +387,34 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 		return fmt.Errorf("migrate interrupted: %w (run it again: it continues with what is still stale)", runErr)
 	}
 	return o.finish(ctx, stdout, rep)
+}
+
+// directPasses bounds --engine=direct's rewrite passes: the first over the
+// first scan, then over what a new scan finds stale. Objects that keep
+// coming back stale mean an API server still writes under an older key_id;
+// more passes would not help, and the final scan lists them.
+const directPasses = 3
+
+// listed is a migrate.Lister of a fixed list.
+type listed []migrate.Object
+
+func (l listed) List(context.Context) ([]migrate.Object, error) { return l, nil }
+
+// addResults adds pass b to a; elapsed is the time since the first pass
+// began, which the rate is over.
+func addResults(a, b migrate.Result, elapsed time.Duration) migrate.Result {
+	a.Total += b.Total
+	a.Rewritten += b.Rewritten
+	a.Conflicts += b.Conflicts
+	a.NotFound += b.NotFound
+	a.Retries += b.Retries
+	a.Failed = append(a.Failed, b.Failed...)
+	a.NotAttempted += b.NotAttempted
+	a.Seconds = elapsed.Seconds()
+	if a.Seconds > 0 {
+		a.PerSecond = float64(a.Rewritten+a.Conflicts+a.NotFound) / a.Seconds
+	}
+	return a
 }
 
 // finish scans a last time, writes the report, and returns an error when
@@ -407,9 +466,11 @@ func (o *migrateOptions) runSVM(ctx context.Context, cfg *rest.Config, rw *kube.
 		return err
 	}
 	scans := &scanCounter{o: o}
+	pr := newProgressPrinter(stderr, "migrate: ")
 	res, runErr := svm.Run(ctx, ms, scans, svm.Options{Resources: o.resources,
-		Progress: func(p svm.Progress) { fmt.Fprintf(stderr, "migrate: %s\n", p) },
-		Warn:     func(format string, args ...any) { fmt.Fprintf(stderr, "migrate: warning: "+format+"\n", args...) }})
+		Progress: func(p svm.Progress) { pr.Update(p.Migrated, p.Total, p.String()) },
+		Warn:     func(format string, args ...any) { pr.Println("warning: " + fmt.Sprintf(format, args...)) }})
+	pr.Done()
 	if runErr != nil && scans.before == nil {
 		return runErr
 	}
@@ -463,8 +524,12 @@ func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 			fmt.Fprintf(w, "deleted finished StorageVersionMigrations: %s\n", strings.Join(r.SVM.Deleted, ", "))
 		}
 	} else {
-		fmt.Fprintf(w, "rewrote %d of %d objects in %.1fs (%.0f objects/s): %d conflicts and %d not found counted as done, %d retries, %d failed, %d not attempted\n",
-			res.Rewritten, res.Total, res.Seconds, res.PerSecond, res.Conflicts, res.NotFound, res.Retries, len(res.Failed), res.NotAttempted)
+		passes := ""
+		if r.Passes > 1 {
+			passes = fmt.Sprintf(" in %d passes", r.Passes)
+		}
+		fmt.Fprintf(w, "rewrote %d of %d objects%s in %.1fs (%.0f objects/s): %d conflicts and %d not found counted as done, %d retries, %d failed, %d not attempted\n",
+			res.Rewritten, res.Total, passes, res.Seconds, res.PerSecond, res.Conflicts, res.NotFound, res.Retries, len(res.Failed), res.NotAttempted)
 	}
 	for _, f := range res.Failed {
 		fmt.Fprintf(w, "failed: %s\n", f.Error)

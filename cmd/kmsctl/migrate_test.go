@@ -8,9 +8,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
+
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate"
 )
 
 func TestMigrateEngineDefault(t *testing.T) {
@@ -136,5 +139,18 @@ func TestResolveEngine(t *testing.T) {
 				t.Errorf("discovery asked: %v", asked)
 			}
 		})
+	}
+}
+
+func TestAddResultsSumsPassesOverTheWholeRun(t *testing.T) {
+	first := migrate.Result{Total: 100, Rewritten: 98, Conflicts: 1, NotFound: 1, Retries: 2, Seconds: 1, PerSecond: 100}
+	second := migrate.Result{Total: 3, Rewritten: 2, Retries: 1, Failed: []migrate.Failure{{Error: "forbidden"}}, Seconds: 0.1}
+	got := addResults(first, second, 2*time.Second)
+	if got.Total != 103 || got.Rewritten != 100 || got.Conflicts != 1 || got.NotFound != 1 || got.Retries != 3 || len(got.Failed) != 1 {
+		t.Errorf("addResults = %+v: counts not summed", got)
+	}
+	// The rate is over the whole run, failures not counted as done.
+	if got.Seconds != 2 || got.PerSecond != 51 {
+		t.Errorf("addResults = %.1fs at %.1f objects/s, want 2s at 51/s", got.Seconds, got.PerSecond)
 	}
 }
