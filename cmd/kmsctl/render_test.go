@@ -15,13 +15,7 @@ const exampleConfig = "../../manifests/kms.yaml"
 
 func runRender(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := newRenderCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execute(newRenderCmd(), args...)
 }
 
 func TestRenderCommand(t *testing.T) {

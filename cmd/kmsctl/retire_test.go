@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 )
@@ -10,15 +9,7 @@ import (
 // (VAULT_TOKEN) and returns stdout and the error.
 func runRetire(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
-	cmd := newRetireCmdEnv(func(k string) string { return env[k] })
-	// As under the root command: the error is returned, not printed.
-	cmd.SilenceUsage, cmd.SilenceErrors = true, true
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execute(newRetireCmdEnv(func(k string) string { return env[k] }), args...)
 }
 
 func TestRetireValidate(t *testing.T) {

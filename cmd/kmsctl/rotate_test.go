@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 )
@@ -32,13 +31,7 @@ func TestRotateValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cmd := newRotateCmdEnv(func(k string) string { return tt.env[k] })
-			cmd.SilenceUsage, cmd.SilenceErrors = true, true
-			var out bytes.Buffer
-			cmd.SetOut(&out)
-			cmd.SetErr(&out)
-			cmd.SetArgs(tt.args)
-			err := cmd.Execute()
+			_, err := execute(newRotateCmdEnv(func(k string) string { return tt.env[k] }), tt.args...)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}

@@ -198,14 +198,7 @@ func servePlugin(t *testing.T, v *vaulttest.Server, sockPath string) string {
 // runStatusEnv is runStatus with getenv answering from env.
 func runStatusEnv(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
-	cmd := newStatusCmdEnv(func(k string) string { return env[k] })
-	cmd.SilenceUsage, cmd.SilenceErrors = true, true
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execute(newStatusCmdEnv(func(k string) string { return env[k] }), args...)
 }
 
 // TestStatusPluginsAndMigrations asks a real plugin over its socket, with

@@ -25,13 +25,7 @@ import (
 
 func runStatus(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := newStatusCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execute(newStatusCmd(), args...)
 }
 
 func TestStatusValidate(t *testing.T) {
