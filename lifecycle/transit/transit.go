@@ -283,22 +283,12 @@ func intField(v any) (int, error) {
 	}
 }
 
-// creationTime reads one version's creation time from the "keys" map of a
-// key read: symmetric keys (aes*, chacha20) give unix seconds, asymmetric
-// ones (rsa) an object whose creation_time is RFC 3339, cut to seconds as
-// the plugin does. Checked against Vault v1.21.0.
+// creationTime is contract.CreationTime of one entry of the "keys" map as
+// the Vault API client decoded it (json.Number, or a map).
 func creationTime(v any) (int64, error) {
-	switch t := v.(type) {
-	case json.Number:
-		return t.Int64()
-	case map[string]any:
-		s, _ := t["creation_time"].(string)
-		ts, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return 0, fmt.Errorf("creation_time %q: %w", s, err)
-		}
-		return ts.Unix(), nil
-	default:
-		return 0, fmt.Errorf("unexpected creation record %T", v)
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("unexpected creation record %T: %w", v, err)
 	}
+	return contract.CreationTime(raw)
 }

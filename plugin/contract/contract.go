@@ -6,9 +6,12 @@
 package contract
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // FlagInterfaceLabel is the OCI image label (config Labels) that declares
@@ -118,4 +121,35 @@ func KeyID(mount, key string, version int, tag string) string {
 // key gives on every node alike.
 func MetadataKeyID(mount, key string, version int, created int64) string {
 	return KeyID(mount, key, version, strconv.FormatInt(created, 10))
+}
+
+// CreationTime reads one entry of the "keys" map of a transit key read: a
+// version's creation time, in unix seconds, which the metadata key_id
+// carries. Vault v1.21.0 sends two shapes: for aes*-gcm96,
+// chacha20-poly1305 and aes*-cbc the time in unix seconds; for rsa, ecdsa,
+// ed25519 and the post-quantum types an object whose "creation_time" is RFC
+// 3339 with nanoseconds. Both are reduced to unix seconds: for asymmetric
+// keys Vault stores the two records from one clock reading, so the integer
+// of the first shape equals the second truncated, and a key_id derived
+// from it does not change if a Vault upgrade moves a type from one shape to
+// the other. The plugin and kmsctl both call this, so the key_id kmsctl
+// expects is the one the plugin reports.
+func CreationTime(raw json.RawMessage) (int64, error) {
+	var secs int64
+	if err := json.Unmarshal(raw, &secs); err == nil {
+		if secs <= 0 {
+			return 0, fmt.Errorf("creation time %d is not a time", secs)
+		}
+		return secs, nil
+	}
+	var obj struct {
+		CreationTime *time.Time `json:"creation_time"`
+	}
+	if err := json.Unmarshal(raw, &obj); err != nil || obj.CreationTime == nil {
+		return 0, errors.New("no creation time (neither unix seconds nor an object with creation_time)")
+	}
+	if secs = obj.CreationTime.Unix(); secs <= 0 {
+		return 0, fmt.Errorf("creation time %s is not a time", obj.CreationTime.Format(time.RFC3339))
+	}
+	return secs, nil
 }

@@ -10,9 +10,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/vaultkms/vault-kms-plugin/plugin/contract"
 )
 
 // Transit is one transit key on one mount.
@@ -203,42 +204,13 @@ func (t *Transit) ReadKey(ctx context.Context) (KeyInfo, error) {
 		if err != nil || version < 1 {
 			return KeyInfo{}, fmt.Errorf("transit read key: Vault listed key version %q", v)
 		}
-		created, err := creationTime(raw)
+		created, err := contract.CreationTime(raw)
 		if err != nil {
 			return KeyInfo{}, fmt.Errorf("transit read key: version %d of %s key: %w", version, out.Type, err)
 		}
 		info.Created[version] = created
 	}
 	return info, nil
-}
-
-// creationTime reads one entry of the "keys" map of a key read. Vault
-// v1.21.0 sends two shapes: for aes*-gcm96, chacha20-poly1305 and aes*-cbc
-// the version's creation time in unix seconds; for rsa, ecdsa, ed25519 and
-// the post-quantum types an object whose "creation_time" is RFC 3339 with
-// nanoseconds. Both are reduced to unix seconds: for asymmetric keys Vault
-// stores the two records from one clock reading, so the integer of the
-// first shape equals the second truncated, and a key_id derived from it
-// does not change if a Vault upgrade moves a type from one shape to the
-// other.
-func creationTime(raw json.RawMessage) (int64, error) {
-	var secs int64
-	if err := json.Unmarshal(raw, &secs); err == nil {
-		if secs <= 0 {
-			return 0, fmt.Errorf("creation time %d is not a time", secs)
-		}
-		return secs, nil
-	}
-	var obj struct {
-		CreationTime *time.Time `json:"creation_time"`
-	}
-	if err := json.Unmarshal(raw, &obj); err != nil || obj.CreationTime == nil {
-		return 0, errors.New("no creation time (neither unix seconds nor an object with creation_time)")
-	}
-	if secs = obj.CreationTime.Unix(); secs <= 0 {
-		return 0, fmt.Errorf("creation time %s is not a time", obj.CreationTime.Format(time.RFC3339))
-	}
-	return secs, nil
 }
 
 // HMAC computes the HMAC of input under one version of the key, returning

@@ -1,4 +1,4 @@
-package vault
+package contract
 
 import (
 	"encoding/json"
@@ -22,15 +22,15 @@ func TestCreationTimeReadsBothShapes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := creationTime(json.RawMessage(tt.raw))
+			got, err := CreationTime(json.RawMessage(tt.raw))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("creationTime(%s) = %d, %v; want an error saying %q", tt.raw, got, err, tt.wantErr)
+					t.Fatalf("CreationTime(%s) = %d, %v; want an error saying %q", tt.raw, got, err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil || got != tt.want {
-				t.Fatalf("creationTime(%s) = %d, %v; want %d", tt.raw, got, err, tt.want)
+				t.Fatalf("CreationTime(%s) = %d, %v; want %d", tt.raw, got, err, tt.want)
 			}
 		})
 	}
