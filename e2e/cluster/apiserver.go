@@ -26,14 +26,18 @@ const ProviderName = "vault"
 // StoragePrefix is how every value the KMS provider wrote starts in etcd.
 const StoragePrefix = "k8s:enc:kms:v2:" + ProviderName + ":"
 
-// EncryptionConfig returns an EncryptionConfiguration that encrypts Secrets
-// with the KMSv2 plugin at endpoint and can still read unencrypted ones.
-func EncryptionConfig(endpoint string) string {
+// EncryptionConfig returns an EncryptionConfiguration that encrypts
+// resources (Secrets if none) with the KMSv2 plugin at endpoint and can
+// still read unencrypted ones.
+func EncryptionConfig(endpoint string, resources ...string) string {
+	if len(resources) == 0 {
+		resources = []string{"secrets"}
+	}
 	return fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
   - resources:
-      - secrets
+      - %s
     providers:
       - kms:
           apiVersion: v2
@@ -41,7 +45,7 @@ resources:
           endpoint: %s
           timeout: 3s
       - identity: {}
-`, ProviderName, endpoint)
+`, strings.Join(resources, "\n      - "), ProviderName, endpoint)
 }
 
 // APIServer is one kube-apiserver process with its KMS plugin.

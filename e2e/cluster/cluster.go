@@ -30,6 +30,9 @@ type Options struct {
 	// ControllerManager also starts kube-controller-manager, with its default
 	// controllers, against the first API server (for StorageVersionMigration).
 	ControllerManager bool
+	// Resources are the resources the EncryptionConfiguration encrypts with
+	// the plugin (then identity); secrets if empty.
+	Resources []string
 	// Progress, if set, is told about each step as it starts.
 	Progress func(format string, args ...any)
 }
@@ -147,7 +150,10 @@ func (c *Cluster) AddAPIServer(name string) *APIServer {
 	c.t.Helper()
 	p := c.NewPlugin("vault-kms-plugin-" + name)
 	p.Start()
-	a := StartAPIServer(c.t, name, c.Etcd, c.PKI, p)
+	a := StartAPIServerWith(c.t, name, c.Etcd, c.PKI, APIServerOptions{
+		Plugin:           p,
+		EncryptionConfig: []byte(EncryptionConfig(p.Endpoint(), c.opts.Resources...)),
+	})
 	c.APIServers = append(c.APIServers, a)
 	return a
 }
