@@ -181,14 +181,17 @@ demo-down:
 ## bench: plugin vs direct Vault decrypts at concurrency 1/8/64/256, Status
 ## latency, RSS, idle Vault requests (BenchmarkLoad), in-process paths, and
 ## listing 10,000 Secrets after an API server restart (KMS vs identity), and
-## the etcd scan of kmsctl status (values/s)
-bench: vault kube-apiserver etcd plugin
+## the etcd scan of kmsctl status (values/s), and the migration engines of a
+## key rotation against kubectl replace and the API server's ceiling
+bench: vault kube-apiserver kube-controller-manager kubectl etcd plugin kmsctl
 	@echo ">> in-process benchmarks"
 	go test ./plugin -run '^$$' -bench '^Benchmark(StatusInMemory|StatusOverSocket|ParseCiphertext)$$' -benchmem -count=1
 	@echo ">> load: plugin through the API server's KMSv2 client beside direct Vault transit (about 2 min)"
 	set -o pipefail; go test -tags integration ./plugin -run '^$$' -bench '^BenchmarkLoad$$' -benchtime 1x -count=1 -timeout 20m | grep -v '^[IE][0-9]'
 	@echo ">> kube-apiserver: restart to first complete LIST of 10,000 Secrets, KMS vs identity (about 3 min)"
 	cd e2e && go test -run '^$$' -bench '^BenchmarkListSecretsAfterRestart$$' -benchtime 1x -count=1 -timeout 30m .
+	@echo ">> key rotation: migrating 5,000 Secrets, kmsctl migrate (direct, svm) beside kubectl replace and the API server's ceiling (about 8 min)"
+	cd e2e && go test -run '^$$' -bench '^BenchmarkMigrationEngines$$' -benchtime 1x -count=1 -timeout 40m .
 	@echo ">> kmsctl status: etcd scan of 20,000 stored values (values/s; goal 50,000/s)"
 	go test -tags integration ./lifecycle/scan -run '^$$' -bench '^BenchmarkScan$$' -benchtime 5x -count=1
 

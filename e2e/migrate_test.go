@@ -478,6 +478,8 @@ func assertMigrates(t *testing.T, migrate func() (string, string, error), want i
 // migrateReport is the part of `kmsctl migrate -o json` (and rotate's) the
 // e2e checks.
 type migrateReport struct {
+	// wall is how long the command ran (set by the caller).
+	wall   time.Duration
 	Engine string
 	Passes int
 	Before []struct{ Total, Stale int }

@@ -34,7 +34,7 @@ func (o objects) add(secrets map[string]string) objects {
 // fillObjects writes secrets Secrets and configMaps ConfigMaps with
 // distinct plaintexts, spread over apis, with 16 writers and no client-side
 // rate limit.
-func fillObjects(t *testing.T, apis []*cluster.APIServer, prefix string, secrets, configMaps int) objects {
+func fillObjects(t testing.TB, apis []*cluster.APIServer, prefix string, secrets, configMaps int) objects {
 	t.Helper()
 	clients := make([]*kubernetes.Clientset, len(apis))
 	for i, a := range apis {

@@ -64,9 +64,17 @@ func CheckBinaries(t testing.TB) {
 }
 
 var (
-	kmsctlBinary = binary{env: "KMSCTL_BIN", fallback: ".build/bin/kmsctl", target: "run `make kmsctl`"}
-	cosignBinary = binary{env: "COSIGN_BIN", fallback: ".build/bin/cosign", target: "run `make cosign`"}
+	kmsctlBinary  = binary{env: "KMSCTL_BIN", fallback: ".build/bin/kmsctl", target: "run `make kmsctl`"}
+	cosignBinary  = binary{env: "COSIGN_BIN", fallback: ".build/bin/cosign", target: "run `make cosign`"}
+	kubectlBinary = binary{env: "KUBECTL_BIN", fallback: ".build/bin/kubectl", target: "run `make kubectl`"}
 )
+
+// Kubectl is the real kubectl's path, or fails the test naming `make
+// kubectl`.
+func Kubectl(t testing.TB) string {
+	t.Helper()
+	return kubectlBinary.find(t)
+}
 
 // CheckNodeBinaries fails the test unless what a kubelet node and the
 // operator's tools need is present: kubelet, containerd, runc, kmsctl, cosign
