@@ -28,13 +28,17 @@
 //
 // And key rotation (kmsctl, part 3):
 //
-//   - TestRotate: `kmsctl rotate` on two API servers rotates the transit
-//     key, waits until both report the plugin's new key_id, then rewrites
-//     (--engine=direct) every Secret still under the old transit version, and
-//     a fresh etcd scan shows none left. With the real kube-controller-manager
-//     running, a second rotation with --engine=auto picks
-//     StorageVersionMigration and migrates every Secret again; a
-//     StorageVersionMigration created by hand right after a rotation reports
-//     Succeeded with the Secrets left under the old version (kmsctl status:
-//     needed), and kmsctl rotate --observe-only finishes the job.
+//   - TestRotate: three API servers and kube-controller-manager, 10,000
+//     Secrets and 1,000 ConfigMaps, a load of reads and writes through every
+//     API server during each rotation, with no failure allowed. kmsctl rotate
+//     --engine=direct killed half way through its migration and resumed by
+//     rotate --observe-only; status and retire; rotate --engine=auto choosing
+//     StorageVersionMigration; a StorageVersionMigration made too early
+//     (Succeeded, nothing migrated, status warns) and repaired by rotate
+//     --observe-only, killed once and rerun; retire refused while one object
+//     is left under the old version (written by an API server rotate was not
+//     told about, then an old value restored into etcd), migrate, retire, and
+//     every object read back through every API server after a restart.
+//   - BenchmarkMigrationEngines (make bench): the direct engine, SVM and
+//     kubectl replace against the API server's ceiling, one cluster, one run.
 package e2e
