@@ -306,21 +306,7 @@ func createStoredBy(t *testing.T, d *cluster.Deployment, secrets map[string]stri
 func testRolloutInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
 	api := d.APIServer
 	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	nodes := filepath.Join(dir, "nodes.yaml")
-	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
-kind: Nodes
-stateDir: %s
-nodes:
-- name: %s
-  manifestDir: %s
-  encryptionConfig: %s
-  socketDir: %s
-  apiServer: %s
-`, filepath.Join(dir, "state"), d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+	kubeconfig, nodes := writeNodesYAML(t, d, dir, filepath.Join(dir, "state"))
 	run := func(args ...string) string {
 		t.Helper()
 		stdout, stderr, err := cluster.Kmsctl(t, append([]string{"rollout"}, append(args, "--nodes", nodes, "--kubeconfig", kubeconfig)...)...)
@@ -373,21 +359,7 @@ nodes:
 func testRolloutNodeInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
 	api := d.APIServer
 	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	nodes := filepath.Join(dir, "nodes.yaml")
-	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
-kind: Nodes
-stateDir: %s
-nodes:
-- name: %s
-  manifestDir: %s
-  encryptionConfig: %s
-  socketDir: %s
-  apiServer: %s
-`, filepath.Join(dir, "node-state"), d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+	kubeconfig, nodes := writeNodesYAML(t, d, dir, filepath.Join(dir, "node-state"))
 
 	kms := readFile(t, d.ConfigPath)
 	newPort := vaulttest.FreePort(t)
@@ -463,4 +435,28 @@ func writeTestFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeNodesYAML writes, in dir, a kubeconfig for d's API server and a
+// nodes.yaml listing d's one node with its state in stateDir, as an
+// operator would for kmsctl rollout; it returns their paths.
+func writeNodesYAML(t *testing.T, d *cluster.Deployment, dir, stateDir string) (kubeconfig, nodes string) {
+	t.Helper()
+	api := d.APIServer
+	kubeconfig = filepath.Join(dir, "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	nodes = filepath.Join(dir, "nodes.yaml")
+	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
+kind: Nodes
+stateDir: %s
+nodes:
+- name: %s
+  manifestDir: %s
+  encryptionConfig: %s
+  socketDir: %s
+  apiServer: %s
+`, stateDir, d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+	return kubeconfig, nodes
 }
