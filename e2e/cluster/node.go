@@ -56,7 +56,9 @@ type Node struct {
 	containerdRoot string
 	containerdRun  string
 	kubeletRoot    string
-	t              testing.TB
+	// cgroupRoot is the kubelet's cgroupRoot, "/<node dir's name>".
+	cgroupRoot string
+	t          testing.TB
 }
 
 // StartNode starts containerd and a kubelet and waits until the kubelet's
@@ -134,10 +136,20 @@ state = %q
 		return err
 	})
 
+	// Each kubelet gets its own cgroup root: a kubelet removes the pod
+	// cgroups under its root that it does not know, which, under a shared
+	// root, kills another kubelet's containers on the same host.
+	n.cgroupRoot = "/" + filepath.Base(dir)
+	for _, d := range n.cgroupDirs() {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatalf("cgroup root for node %s: %v", opts.Name, err)
+		}
+	}
 	healthz := vaulttest.FreePort(t)
 	kubeletConfig := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
+cgroupRoot: %s
 failCgroupV1: false
 failSwapOn: false
 staticPodPath: %s
@@ -160,7 +172,7 @@ authentication:
   webhook: {enabled: false}
 authorization:
   mode: AlwaysAllow
-`, n.ManifestDir, n.PodLogsDir, n.containerdSock, vaulttest.FreePort(t), healthz)
+`, n.cgroupRoot, n.ManifestDir, n.PodLogsDir, n.containerdSock, vaulttest.FreePort(t), healthz)
 	args := []string{
 		"--config=" + writeFile(t, dir, "kubelet.yaml", []byte(kubeletConfig)),
 		"--root-dir=" + n.kubeletRoot,
@@ -361,6 +373,35 @@ func (n *Node) teardown() {
 	if err := os.RemoveAll(n.Dir); err != nil {
 		n.t.Logf("remove node directory %s: %v", n.Dir, err)
 	}
+	// Empty once every container is gone; innermost first.
+	for _, root := range n.cgroupDirs() {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(dirs[i])
+		}
+	}
+}
+
+// cgroupDirs are the node's cgroup root in every cgroup v1 hierarchy
+// mounted under /sys/fs/cgroup; none before the root is chosen.
+func (n *Node) cgroupDirs() []string {
+	if n.cgroupRoot == "" {
+		return nil
+	}
+	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
+	var out []string
+	for _, h := range hierarchies {
+		if fi, err := os.Stat(h); err == nil && fi.IsDir() {
+			out = append(out, filepath.Join(h, n.cgroupRoot))
+		}
+	}
+	return out
 }
 
 // logPodLogs prints the end of every container log the kubelet kept, so a
