@@ -34,7 +34,7 @@ import (
 // what users rely on: Secrets stored through the pod, the mirror pod Ready,
 // and the kubelet's probes acting on Vault trouble and a crashed plugin.
 func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
-	d := cluster.Deploy(t, cluster.DeployOptions{Progress: t.Logf})
+	d := cluster.Deploy(t, cluster.DeployOptions{Progress: t.Logf, Nodes: 3})
 	api := d.APIServer
 
 	mirror := d.WaitPluginPod(2*time.Minute, "Ready", cluster.PodReady)
@@ -43,7 +43,7 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	}
 	// The rendered prepare step handed kubelet's root 0755 directory to the
 	// plugin's user, and vault-setup.sh wrote the secret ID for it alone.
-	assertOwned(t, d.SocketDir, 0o750, 65532)
+	assertOwned(t, d.Nodes[0].SocketDir, 0o750, 65532)
 	assertOwned(t, d.SecretIDPath, 0o400, 65532)
 
 	// What kmsctl rollout observes before each step (lifecycle/rollout/
@@ -63,7 +63,7 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := config.NodeFiles{Name: d.Node.Name, ManifestDir: d.Node.ManifestDir, EncryptionConfig: api.EncryptionConfigPath, SocketDir: d.SocketDir, APIServer: api.URL}
+	files := config.NodeFiles{Name: d.Node.Name, ManifestDir: d.Node.ManifestDir, EncryptionConfig: api.EncryptionConfigPath, SocketDir: d.Nodes[0].SocketDir, APIServer: api.URL}
 	desired := render.Revision(cfg)
 	var seen lifecycle.Node
 	if !waitFor(time.Minute, func() bool {
@@ -448,15 +448,11 @@ func writeNodesYAML(t *testing.T, d *cluster.Deployment, dir, stateDir string) (
 		t.Fatal(err)
 	}
 	nodes = filepath.Join(dir, "nodes.yaml")
-	writeTestFile(t, nodes, fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
-kind: Nodes
-stateDir: %s
-nodes:
-- name: %s
-  manifestDir: %s
-  encryptionConfig: %s
-  socketDir: %s
-  apiServer: %s
-`, stateDir, d.Node.Name, d.Node.ManifestDir, api.EncryptionConfigPath, d.SocketDir, api.URL))
+	doc := fmt.Sprintf("apiVersion: kmsctl.vaultkms.io/v1alpha1\nkind: Nodes\nstateDir: %s\nnodes:\n", stateDir)
+	for _, n := range d.Nodes {
+		doc += fmt.Sprintf("- {name: %s, manifestDir: %s, encryptionConfig: %s, socketDir: %s, apiServer: %q}\n",
+			n.Name, n.ManifestDir, n.APIServer.EncryptionConfigPath, n.SocketDir, n.APIServer.URL)
+	}
+	writeTestFile(t, nodes, doc)
 	return kubeconfig, nodes
 }

@@ -81,6 +81,11 @@ type APIServerOptions struct {
 	// EncryptionConfig is the EncryptionConfiguration file's content, for
 	// example one kmsctl rendered; EncryptionConfig(Plugin.Endpoint()) if nil.
 	EncryptionConfig []byte
+	// Namespaces, if set, are a node's (see Namespaces): the API server runs
+	// in its mount namespace and reaches the node's plugin sockets at the
+	// paths kms.yaml names, as the node's kube-apiserver would. Its network
+	// stays the host's, where its clients, etcd and the tests are.
+	Namespaces *Namespaces
 	// Port is the secure port, chosen beforehand when a kubelet's kubeconfig
 	// must name the API server before it starts; a free port if zero.
 	Port int
@@ -124,6 +129,10 @@ func StartAPIServerWith(t testing.TB, name string, etcd *Etcd, pki *PKI, opts AP
 		"--profiling=false",
 		// v=2 logs the KMS health probe's failures.
 		"--v=2",
+	}
+	if opts.Namespaces != nil {
+		args = opts.Namespaces.Enter(false, bin, args...)
+		bin = "nsenter"
 	}
 	a.Proc = newProcess(t, name, a.Dir, bin, args, nil)
 	a.Config = &rest.Config{

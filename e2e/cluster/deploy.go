@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +19,27 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
-// DeployOptions say how Deploy reports progress.
+// DeployOptions say how many nodes Deploy runs and how it reports progress.
 type DeployOptions struct {
 	// Progress, if set, is told about each step as it starts.
 	Progress func(format string, args ...any)
+	// Nodes is the number of control-plane nodes (1 if zero), cp-1, cp-2,
+	// ...: each a kubelet with its own containerd running the rendered
+	// static pod, and a kube-apiserver of its own, all on one etcd. Several
+	// nodes each get namespaces of their own (see Namespaces), so that the
+	// same static pod runs on every one as on identical hosts; a single
+	// node runs in the host's, where `make demo`'s user reaches it.
+	Nodes int
+}
+
+// DeployedNode is one control-plane node of a Deployment.
+type DeployedNode struct {
+	*Node
+	APIServer *APIServer
+	// SocketDir is the node's socket directory (kms.yaml's node.socketDir)
+	// as this host reaches it, and Endpoint the rendered provider's socket
+	// in it: where kmsctl and the tests dial the node's plugins.
+	SocketDir, Endpoint string
 }
 
 // Deployment is the product deployed the way users run it: the plugin as a
@@ -41,7 +60,8 @@ type Deployment struct {
 	// Provider and Endpoint name the KMS provider in the rendered
 	// EncryptionConfiguration.
 	Provider, Endpoint string
-	SocketDir          string
+	// SocketDir is kms.yaml's node.socketDir, as the nodes see it.
+	SocketDir string
 	// CredDir holds the role ID and secret ID that vault-setup.sh wrote;
 	// SecretIDPath is the secret ID's file in it, RoleID the role ID.
 	CredDir      string
@@ -50,9 +70,11 @@ type Deployment struct {
 	// MetricsPort is the plugin's /metrics, /livez and /readyz port.
 	MetricsPort int
 	// PodName is the static pod's name; its mirror pod is PodName-<node>.
-	PodName   string
-	Etcd      *Etcd
-	PKI       *PKI
+	PodName string
+	Etcd    *Etcd
+	PKI     *PKI
+	Nodes   []*DeployedNode
+	// Node and APIServer are the first node's.
 	Node      *Node
 	APIServer *APIServer
 }
@@ -101,8 +123,11 @@ func Deploy(t testing.TB, opts DeployOptions) *Deployment {
 	}
 
 	// The node's directories, as on a control-plane host. The socket
-	// directory does not exist yet: kubelet creates it root 0755, and the
-	// rendered prepare step must hand it to the plugin's user.
+	// directory does not exist yet on a single node: kubelet creates it root
+	// 0755, and the rendered prepare step must hand it to the plugin's user.
+	// Several nodes each bind a directory of their own (root 0755 too) over
+	// it.
+	nodes := max(opts.Nodes, 1)
 	base, err := os.MkdirTemp("", "kmsnode-")
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +139,11 @@ func Deploy(t testing.TB, opts DeployOptions) *Deployment {
 	d.RoleID = "e2e-node-role-id"
 	if err := os.MkdirAll(d.CredDir, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if nodes > 1 {
+		if err := os.MkdirAll(d.SocketDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d.MetricsPort = vaulttest.FreePort(t)
 	config := fmt.Sprintf(`apiVersion: kmsctl.vaultkms.io/v1alpha1
@@ -165,25 +195,63 @@ encryption:
 	say("starting etcd")
 	d.Etcd = StartEtcd(t)
 	d.PKI = NewPKI(t, t.TempDir())
-	apiPort := vaulttest.FreePort(t)
-	say("starting containerd and kubelet (node cp-1)")
-	d.Node = StartNode(t, NodeOptions{
-		Name:               "cp-1",
-		APIServerURL:       fmt.Sprintf("https://127.0.0.1:%d", apiPort),
-		PKI:                d.PKI,
-		SandboxImage:       d.PauseImage,
-		InsecureRegistries: []string{d.Registry.Host},
-	})
-	say("copying the rendered static pod into the kubelet's manifest directory")
-	start := time.Now()
-	d.Node.AddStaticPod("vault-kms-plugin.yaml", podManifest)
-	WaitKMSStatusOK(t, d.Endpoint, 3*time.Minute, d.Node.Kubelet)
-	say("the kubelet pulled %s; the plugin answered Status ok on %s %.1fs after its manifest appeared", d.Image, d.Endpoint, time.Since(start).Seconds())
-
-	say("starting kube-apiserver with the rendered EncryptionConfiguration")
-	d.APIServer = StartAPIServerWith(t, "kube-apiserver-cp-1", d.Etcd, d.PKI, APIServerOptions{EncryptionConfig: encConfig, Port: apiPort})
-	d.APIServer.WaitReady(2 * time.Minute)
+	forward := []int{portOf(t, "http://"+d.Registry.Host), portOf(t, d.Vault.Addr)}
+	apiPorts := make([]int, nodes)
+	written := make([]time.Time, nodes)
+	for i := range nodes {
+		dn := &DeployedNode{SocketDir: d.SocketDir}
+		name := fmt.Sprintf("cp-%d", i+1)
+		opts := NodeOptions{
+			Name:               name,
+			PKI:                d.PKI,
+			SandboxImage:       d.PauseImage,
+			InsecureRegistries: []string{d.Registry.Host},
+		}
+		if nodes > 1 {
+			dn.SocketDir = filepath.Join(base, "nodes", name, "kmsplugin")
+			if err := os.MkdirAll(dn.SocketDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			opts.Isolated = true
+			opts.Binds = map[string]string{d.SocketDir: dn.SocketDir}
+			opts.Forward = forward
+		}
+		dn.Endpoint = "unix://" + filepath.Join(dn.SocketDir, d.Provider+".sock")
+		apiPorts[i] = vaulttest.FreePort(t)
+		opts.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", apiPorts[i])
+		say("starting containerd and kubelet (node %s), and copying the rendered static pod into its manifest directory", name)
+		dn.Node = StartNode(t, opts)
+		dn.Node.AddStaticPod("vault-kms-plugin.yaml", podManifest)
+		written[i] = time.Now()
+		d.Nodes = append(d.Nodes, dn)
+	}
+	for i, dn := range d.Nodes {
+		WaitKMSStatusOK(t, dn.Endpoint, 3*time.Minute, dn.Kubelet)
+		say("node %s: the kubelet pulled %s; the plugin answered Status ok on %s %.1fs after its manifest appeared", dn.Name, d.Image, dn.Endpoint, time.Since(written[i]).Seconds())
+		say("starting kube-apiserver on node %s with the rendered EncryptionConfiguration", dn.Name)
+		dn.APIServer = StartAPIServerWith(t, "kube-apiserver-"+dn.Name, d.Etcd, d.PKI, APIServerOptions{
+			EncryptionConfig: encConfig, Port: apiPorts[i], Namespaces: dn.NS,
+		})
+	}
+	for _, dn := range d.Nodes {
+		dn.APIServer.WaitReady(2 * time.Minute)
+	}
+	d.Node, d.APIServer = d.Nodes[0].Node, d.Nodes[0].APIServer
 	return d
+}
+
+// portOf returns the port of an http(s)://host:port address.
+func portOf(t testing.TB, addr string) int {
+	t.Helper()
+	u, err := url.Parse(addr)
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatalf("address %q has no port", addr)
+	}
+	return port
 }
 
 // WaitPluginPod waits until the plugin's mirror pod satisfies cond.

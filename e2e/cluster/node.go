@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,18 @@ type NodeOptions struct {
 	SandboxImage string
 	// InsecureRegistries are host:port registries pulled over plain http.
 	InsecureRegistries []string
+	// Isolated gives the node mount and network namespaces of its own (see
+	// Namespaces), so that several nodes on this host can run the same
+	// static pod. Binds and Forward are only used then.
+	Isolated bool
+	// Binds maps a path as the node sees it to the host directory bound
+	// there: for example kms.yaml's node.socketDir to a directory of this
+	// node's, where kmsctl and the tests reach its sockets.
+	Binds map[string]string
+	// Forward lists the host's 127.0.0.1 ports the node reaches at the same
+	// address (the registry, Vault); the API server of APIServerURL is
+	// forwarded anyway.
+	Forward []int
 }
 
 // Node is a real kubelet with its own containerd (own root, state and
@@ -51,6 +64,9 @@ type Node struct {
 	PodLogsDir string
 	Containerd *Process
 	Kubelet    *Process
+
+	// NS are the node's own namespaces; nil unless Isolated.
+	NS *Namespaces
 
 	containerdSock string
 	containerdRoot string
@@ -129,7 +145,14 @@ state = %q
     config_path = %q
 `, n.containerdRoot, n.containerdRun, n.containerdSock, n.containerdSock+".ttrpc", opts.SandboxImage, runc, filepath.Join(dir, "certs.d"))
 	configPath := writeFile(t, dir, "containerd.toml", []byte(config))
-	n.Containerd = newProcess(t, "containerd-"+opts.Name, dir, containerd, []string{"--config=" + configPath}, nil)
+	if opts.Isolated {
+		forward := slices.Clone(opts.Forward)
+		if opts.APIServerURL != "" {
+			forward = append(forward, portOf(t, opts.APIServerURL))
+		}
+		n.NS = NewNamespaces(t, opts.Name, dir, opts.Binds, forward)
+	}
+	n.Containerd = n.newProcess("containerd-"+opts.Name, containerd, []string{"--config=" + configPath})
 	n.Containerd.Start()
 	waitFor(t, 30*time.Second, n.Containerd, "containerd socket", func() error {
 		_, err := os.Stat(n.containerdSock)
@@ -180,6 +203,9 @@ authorization:
 		"--hostname-override=" + opts.Name,
 		"--v=2",
 	}
+	if n.NS != nil {
+		args = append(args, "--node-ip="+n.NS.NodeIP)
+	}
 	if opts.APIServerURL != "" {
 		cert := opts.PKI.CA.IssueClient(t, "kubelet-"+opts.Name, "system:node:"+opts.Name, "system:nodes")
 		kubeconfig := fmt.Sprintf(`apiVersion: v1
@@ -197,13 +223,32 @@ current-context: e2e
 `, opts.APIServerURL, opts.PKI.CA.CertPath, cert.CertPath, cert.KeyPath)
 		args = append(args, "--kubeconfig="+writeFile(t, dir, "kubelet.kubeconfig", []byte(kubeconfig)))
 	}
-	n.Kubelet = newProcess(t, "kubelet-"+opts.Name, dir, kubelet, args, nil)
+	n.Kubelet = n.newProcess("kubelet-"+opts.Name, kubelet, args)
 	n.Kubelet.Start()
 	waitFor(t, 90*time.Second, n.Kubelet, "kubelet healthz", func() error {
-		_, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz))
+		_, err := n.HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz))
 		return err
 	})
 	return n
+}
+
+// newProcess describes one of the node's processes, run inside its
+// namespaces if it has its own.
+func (n *Node) newProcess(name, bin string, args []string) *Process {
+	if n.NS != nil {
+		args = n.NS.Enter(true, bin, args...)
+		bin = "nsenter"
+	}
+	return newProcess(n.t, name, n.Dir, bin, args, nil)
+}
+
+// HTTPGet is httpGet from the node's network: the kubelet's healthz and a
+// plugin's metrics port listen on the node's loopback.
+func (n *Node) HTTPGet(url string) (string, error) {
+	if n.NS == nil {
+		return httpGet(url)
+	}
+	return httpGetWith(&http.Transport{DialContext: n.NS.DialContext}, url)
 }
 
 // AddStaticPod copies a manifest into the kubelet's staticPodPath as name,
@@ -444,8 +489,10 @@ func waitFor(t testing.TB, timeout time.Duration, p *Process, what string, check
 }
 
 // httpGet returns the body of a 200 answer, else an error with the body.
-func httpGet(url string) (string, error) {
-	c := http.Client{Timeout: 3 * time.Second}
+func httpGet(url string) (string, error) { return httpGetWith(nil, url) }
+
+func httpGetWith(rt http.RoundTripper, url string) (string, error) {
+	c := http.Client{Timeout: 3 * time.Second, Transport: rt}
 	resp, err := c.Get(url)
 	if err != nil {
 		return "", err
