@@ -366,7 +366,11 @@ func (o *driveOptions) drive(ctx context.Context, out io.Writer) error {
 	reach := map[string]bool{}
 	for _, n := range c.nodes.Nodes {
 		if o.node == "" || n.Name == o.node {
-			local[n.Name] = nodefs.NodeFiles{Name: n.Name, ManifestDir: n.ManifestDir, EncryptionConfigPath: n.EncryptionConfig}
+			f := nodefs.NodeFiles{Name: n.Name, ManifestDir: n.ManifestDir, EncryptionConfigPath: n.EncryptionConfig}
+			if err := nodefs.CheckMetricsPort(f, c.desired.Provider, c.cfg.Node.MetricsPort); err != nil {
+				return fmt.Errorf("%s: node.metricsPort refused, nothing changed: %w", o.configPath, err)
+			}
+			local[n.Name] = f
 			reach[n.Name] = true
 		}
 	}

@@ -2,6 +2,7 @@ package render
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -62,4 +63,25 @@ func imageDigest(image string) string {
 		return ""
 	}
 	return image[i+1:]
+}
+
+// MetricsPort is the port a plugin static pod serves /metrics, /livez and
+// /readyz on, read from its plugin container's -metrics-port argument; ok is
+// false when the pod names none. Plugin pods run on the host network, so
+// two pods on one node (the old and the new provider during a key change)
+// must not share it.
+func MetricsPort(pod *corev1.Pod) (port int32, ok bool) {
+	prefix := arg("metrics-port", "")
+	for _, c := range pod.Spec.Containers {
+		if c.Name != pluginContainer {
+			continue
+		}
+		for _, a := range c.Args {
+			if v, found := strings.CutPrefix(a, prefix); found {
+				n, err := strconv.ParseInt(v, 10, 32)
+				return int32(n), err == nil
+			}
+		}
+	}
+	return 0, false
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -156,4 +157,32 @@ func parseManifest(data []byte) (rev lifecycle.Revision, ours bool, err error) {
 		return rev, false, err
 	}
 	return rev, true, nil
+}
+
+// CheckMetricsPort refuses to put provider's plugin on port on node f when
+// another provider's plugin static pod there already listens on it. Plugin
+// pods run on the host network, and during a key change the new provider's
+// plugin runs beside the old one: with one port, the second could never
+// bind it, its probes would answer for the first, and the step would only
+// fail at its timeout. Said before anything changes, it names the fix.
+func CheckMetricsPort(f NodeFiles, provider string, port int32) error {
+	pods, err := scanManifests(f.ManifestDir)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", f.Name, err)
+	}
+	for _, p := range slices.Sorted(maps.Keys(pods)) {
+		if p == provider {
+			continue
+		}
+		m := pods[p]
+		var pod corev1.Pod
+		if err := yaml.Unmarshal(m.data, &pod); err != nil {
+			return fmt.Errorf("node %s: %s: %w", f.Name, filepath.Join(f.ManifestDir, m.file), err)
+		}
+		if got, ok := render.MetricsPort(&pod); ok && got == port {
+			return fmt.Errorf("node %s: %s, the plugin of provider %s, already listens on metrics port %d, and the two plugins run side by side on the host network: set node.metricsPort in kms.yaml to a port free on every node",
+				f.Name, filepath.Join(f.ManifestDir, m.file), p, port)
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package nodefs
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -149,4 +150,51 @@ func TestEncryptionConfigRoundTripsByteForByte(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A new provider's plugin runs beside the old one on the host network: the
+// same metrics port is refused, naming the pod that holds it; the provider's
+// own pod (an in-place change) and other ports are not.
+func TestCheckMetricsPort(t *testing.T) {
+	dev := loadConfig(t, "dev")
+	other := newKey(dev, "8")
+	podFile := render.NodeManifestFile(dev.ProviderName())
+	for _, tc := range []struct {
+		name     string
+		provider string
+		port     int32
+		wantErr  []string
+	}{
+		{name: "same provider, same port (in place) => ok", provider: dev.ProviderName(), port: dev.Node.MetricsPort},
+		{name: "new provider, another port => ok", provider: other.ProviderName(), port: dev.Node.MetricsPort + 1},
+		{name: "new provider, the old pod's port => refused naming the pod, its provider and the port",
+			provider: other.ProviderName(), port: dev.Node.MetricsPort,
+			wantErr: []string{podFile, dev.ProviderName(), fmt.Sprintf("metrics port %d", dev.Node.MetricsPort), "node.metricsPort"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newNode(t, "a", dev, "", "")
+			err := CheckMetricsPort(f, tc.provider, tc.port)
+			if len(tc.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("err = %v, want none", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("err = nil, want one saying %q", tc.wantErr)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %v\nwant it to say %q", err, w)
+				}
+			}
+		})
+	}
+	t.Run("manifest directory unreadable => error naming the node", func(t *testing.T) {
+		f := newNode(t, "a", dev, "", "")
+		f.ManifestDir = filepath.Join(f.ManifestDir, "missing")
+		if err := CheckMetricsPort(f, other.ProviderName(), 1); err == nil || !strings.Contains(err.Error(), "node a") {
+			t.Fatalf("err = %v, want one naming node a", err)
+		}
+	})
 }
