@@ -31,12 +31,19 @@ func (o *scanOptions) resourcesSet() bool {
 // AddFlags registers the flags; defaultResources is --resources' default.
 func (o *scanOptions) AddFlags(fs *pflag.FlagSet, defaultResources []string) {
 	o.flags = fs
-	fs.StringSliceVar(&o.etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, as kube-apiserver's --etcd-servers (required)")
+	o.addEtcdFlags(fs, "(required)")
+	fs.StringSliceVar(&o.resources, "resources", defaultResources, "encrypted resources to scan, as EncryptionConfiguration names them (secrets, configmaps, deployments.apps)")
+}
+
+// addEtcdFlags registers where etcd is and how to reach it, without
+// --resources, for commands that take the resources from kms.yaml; need
+// says when --etcd-endpoints is needed.
+func (o *scanOptions) addEtcdFlags(fs *pflag.FlagSet, need string) {
+	fs.StringSliceVar(&o.etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, as kube-apiserver's --etcd-servers "+need)
 	fs.StringVar(&o.etcd.CACert, "etcd-cacert", "", "CA bundle that verifies etcd's serving certificate (kube-apiserver's --etcd-cafile)")
 	fs.StringVar(&o.etcd.Cert, "etcd-cert", "", "client certificate for etcd (kube-apiserver's --etcd-certfile)")
 	fs.StringVar(&o.etcd.Key, "etcd-key", "", "client key for etcd (kube-apiserver's --etcd-keyfile)")
 	fs.StringVar(&o.etcdPrefix, "etcd-prefix", scan.DefaultEtcdPrefix, "kube-apiserver's --etcd-prefix")
-	fs.StringSliceVar(&o.resources, "resources", defaultResources, "encrypted resources to scan, as EncryptionConfiguration names them (secrets, configmaps, deployments.apps)")
 }
 
 // Validate checks the flags. configGiven is whether --config supplies the

@@ -29,6 +29,7 @@ type migrateOptions struct {
 	kubeconfig         string
 	engine             string
 	transitVersion     int
+	fromProvider       string
 	includeUnencrypted bool
 	workers            int
 	qps                float64
@@ -43,6 +44,9 @@ type migrateOptions struct {
 type MigrateReport struct {
 	Engine         string `json:"engine"`
 	TransitVersion int    `json:"transitVersion"`
+	// FromProvider is --from-provider: objects stored under that provider
+	// were rewritten (TransitVersion is then 0).
+	FromProvider string `json:"fromProvider,omitempty"`
 	// Before and After are the scans before and after the rewrite.
 	Before []StaleCount `json:"before"`
 	After  []StaleCount `json:"after"`
@@ -92,8 +96,8 @@ type StaleCount struct {
 func newMigrateCmd() *cobra.Command {
 	o := &migrateOptions{}
 	cmd := &cobra.Command{
-		Use:   "migrate [--engine=auto|svm|direct] --transit-version N --etcd-endpoints URL[,URL...] --resources R,... [--kubeconfig FILE]",
-		Short: "Rewrite every object stored under an older transit key version, then prove it with an etcd scan",
+		Use:   "migrate [--engine=auto|svm|direct] (--transit-version N | --from-provider NAME) --etcd-endpoints URL[,URL...] --resources R,... [--kubeconfig FILE]",
+		Short: "Rewrite every object stored under an older transit key version (or another provider), then prove it with an etcd scan",
 		Long: `migrate rewrites, through the API server, every object of the given
 resources that etcd holds under a transit key version older than
 --transit-version, so the API server stores it again under its current key
@@ -130,6 +134,12 @@ only and is reported.
 --engine=auto (the default) is svm when the API server serves
 storagemigration.k8s.io/v1, else direct, and says which on stderr.
 
+--from-provider NAME, instead of --transit-version, rewrites every object
+stored under the KMS provider NAME: after kmsctl rollout has promoted a new
+provider on every node, this empties the old one so that rollout
+--retire-provider NAME can remove it. It runs the direct engine (auto
+chooses it; svm is refused).
+
 --engine=direct rewrites in passes: after the first, over the first scan's
 list, a new scan finds what was written stale meanwhile (an API server that
 switched its key a moment late) and rewrites it, 3 passes at most.
@@ -155,7 +165,8 @@ The report goes to stdout (-o table or json).`,
 // AddFlags registers the options' flags.
 func (o *migrateOptions) AddFlags(fs *pflag.FlagSet) {
 	o.scanOptions.AddFlags(fs, nil)
-	fs.IntVar(&o.transitVersion, "transit-version", 0, "the current transit key version: objects under older versions are rewritten (required)")
+	fs.IntVar(&o.transitVersion, "transit-version", 0, "the current transit key version: objects under older versions are rewritten")
+	fs.StringVar(&o.fromProvider, "from-provider", "", "instead of --transit-version: rewrite every object stored under this KMS provider (one being retired)")
 	o.addRewriteFlags(fs)
 }
 
@@ -179,8 +190,15 @@ func (o *migrateOptions) Validate() error {
 	if err := o.scanOptions.Validate(false); err != nil {
 		return err
 	}
-	if o.transitVersion < 1 {
-		return errors.New("--transit-version is required: the transit key version every API server now encrypts with")
+	switch {
+	case o.transitVersion != 0 && o.fromProvider != "":
+		return errors.New("--transit-version and --from-provider are exclusive: migrate off old key versions, or off a provider")
+	case o.fromProvider != "":
+		if o.engine == "svm" {
+			return errors.New("--from-provider runs --engine=direct: kmsctl's StorageVersionMigrations follow transit key versions")
+		}
+	case o.transitVersion < 1:
+		return errors.New("--transit-version (the transit key version every API server now encrypts with) or --from-provider (a provider every API server has stopped writing with) is required")
 	}
 	return o.validateRewrite()
 }
@@ -232,6 +250,13 @@ func (o *migrateOptions) resolveEngine(ctx context.Context, cfg *rest.Config, st
 	if o.chosen != "" {
 		return nil
 	}
+	if o.fromProvider != "" {
+		if o.engine == "auto" {
+			fmt.Fprintln(stderr, "migrate: --engine=auto: --from-provider runs the direct engine")
+		}
+		o.chosen = "direct"
+		return nil
+	}
 	served := false
 	if o.engine != "direct" {
 		var err error
@@ -259,6 +284,11 @@ func (o *migrateOptions) resolveEngine(ctx context.Context, cfg *rest.Config, st
 
 // stale is whether migrate rewrites an object stored as s.
 func (o *migrateOptions) stale(s scan.Stored) bool {
+	if o.fromProvider != "" {
+		// A malformed value under the provider stays malformed whoever
+		// rewrites it: the API server cannot read it to write it back.
+		return s.Provider == o.fromProvider && s.Class != scan.ClassMalformed
+	}
 	switch s.Class {
 	case scan.ClassKMSv2:
 		return s.TransitVersion > 0 && s.TransitVersion < o.transitVersion
@@ -359,7 +389,7 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 	if runErr != nil && lister.counts == nil {
 		return runErr
 	}
-	rep := MigrateReport{Engine: o.chosen, TransitVersion: o.transitVersion, Before: lister.counts,
+	rep := MigrateReport{Engine: o.chosen, TransitVersion: o.transitVersion, FromProvider: o.fromProvider, Before: lister.counts,
 		BeforeRevision: lister.revision, Result: res, Passes: 1}
 	// Objects written stale after the first scan (by an API server that
 	// switched its DEK a moment after reporting the new key_id, or by one
@@ -374,7 +404,7 @@ func (o *migrateOptions) Run(ctx context.Context, stdout, stderr io.Writer) erro
 			break
 		}
 		rep.Passes++
-		pr.Println(fmt.Sprintf("%d objects are stale that the first scan did not list (written since under an older key_id); rewriting them, pass %d of %d", len(left), rep.Passes, directPasses))
+		pr.Println(fmt.Sprintf("%d objects are stale that the first scan did not list (written since by a lagging API server); rewriting them, pass %d of %d", len(left), rep.Passes, directPasses))
 		var more migrate.Result
 		more, runErr = migrate.Run(ctx, listed(left), rw, opts)
 		rep.Result = addResults(rep.Result, more, time.Since(start))
@@ -428,6 +458,9 @@ func (o *migrateOptions) finish(ctx context.Context, stdout io.Writer, rep Migra
 	rep.Remaining = left[:min(len(left), o.limit)]
 	if err := o.write(stdout, rep); err != nil {
 		return err
+	}
+	if rep.RemainingCount > 0 && o.fromProvider != "" {
+		return fmt.Errorf("%d objects are still stored under provider %s (listed above): check that no API server lists it first in its EncryptionConfiguration (kmsctl rollout plan), then run migrate again", rep.RemainingCount, o.fromProvider)
 	}
 	if rep.RemainingCount > 0 {
 		return fmt.Errorf("%d objects are still under transit key versions below %d (listed above): check that every API server reports the new key_id, then run migrate again", rep.RemainingCount, o.transitVersion)
@@ -500,7 +533,11 @@ func (o *migrateOptions) write(w io.Writer, r MigrateReport) error {
 		return writeJSON(w, r)
 	}
 	res := r.Result
-	fmt.Fprintf(w, "engine %s, stale: under transit versions below v%d", r.Engine, r.TransitVersion)
+	if r.FromProvider != "" {
+		fmt.Fprintf(w, "engine %s, stale: under provider %s", r.Engine, r.FromProvider)
+	} else {
+		fmt.Fprintf(w, "engine %s, stale: under transit versions below v%d", r.Engine, r.TransitVersion)
+	}
 	if o.includeUnencrypted {
 		fmt.Fprint(w, " or unencrypted")
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/migrate"
+	"github.com/vaultkms/vault-kms-plugin/lifecycle/scan"
 )
 
 func TestMigrateEngineDefault(t *testing.T) {
@@ -64,7 +65,10 @@ func TestMigrateValidate(t *testing.T) {
 		{name: "--engine=svm with --workers => refused: direct only", args: append([]string{"--engine=svm", "--workers", "4"}, base...), want: "--workers and --qps pace --engine=direct only"},
 		{name: "--engine=svm with --qps => refused: direct only", args: append([]string{"--engine=svm", "--qps", "50"}, base...), want: "--workers and --qps pace --engine=direct only"},
 		{name: "--engine=auto with --workers => valid: they apply if auto picks direct", args: append([]string{"--workers", "4"}, base...)},
-		{name: "no --transit-version => required", args: base[:4], want: "--transit-version is required"},
+		{name: "no --transit-version => required", args: base[:4], want: "--transit-version (the transit key version every API server now encrypts with) or --from-provider"},
+		{name: "--from-provider instead => valid", args: append([]string{"--from-provider", "vault-old"}, base[:4]...)},
+		{name: "--from-provider and --transit-version => refused", args: append([]string{"--from-provider", "vault-old"}, base...), want: "exclusive"},
+		{name: "--from-provider with --engine=svm => refused: direct only", args: append([]string{"--from-provider", "vault-old", "--engine=svm"}, base[:4]...), want: "--from-provider runs --engine=direct"},
 		{name: "no --resources => required", args: []string{"--etcd-endpoints", "http://e:2379", "--transit-version", "2"}, want: "--resources is required"},
 		{name: "no --etcd-endpoints => required", args: []string{"--resources", "secrets", "--transit-version", "2"}, want: "--etcd-endpoints is required"},
 		{name: "--workers 0 => refused", args: append([]string{"--workers", "0"}, base...), want: "--workers must be positive"},
@@ -103,11 +107,13 @@ func TestResolveEngine(t *testing.T) {
 		want      string
 		stderr    string
 		err       string
+		from      string // --from-provider
 	}{
 		{name: "auto on a server with SVM => svm, said on stderr", engine: "auto", discovery: served, want: "svm", stderr: "serves storagemigration.k8s.io/v1: using svm"},
 		{name: "auto on a server without SVM => direct, said on stderr", engine: "auto", want: "direct", stderr: "does not serve storagemigration.k8s.io/v1: using direct"},
 		{name: "svm on a server without SVM => one clear line", engine: "svm", err: "--engine=svm: %s does not serve storagemigration.k8s.io/v1 StorageVersionMigrations (Kubernetes 1.37 or later): use --engine=direct"},
 		{name: "direct => no question asked", engine: "direct", want: "direct"},
+		{name: "auto with --from-provider => direct, no question asked, said on stderr", engine: "auto", from: "vault-old", discovery: served, want: "direct", stderr: "--from-provider runs the direct engine"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,7 +128,7 @@ func TestResolveEngine(t *testing.T) {
 				fmt.Fprint(w, tt.discovery)
 			}))
 			defer srv.Close()
-			o := &migrateOptions{engine: tt.engine}
+			o := &migrateOptions{engine: tt.engine, fromProvider: tt.from}
 			var stderr bytes.Buffer
 			err := o.resolveEngine(context.Background(), &rest.Config{Host: srv.URL}, &stderr)
 			if tt.err != "" {
@@ -135,7 +141,7 @@ func TestResolveEngine(t *testing.T) {
 			if err != nil || o.chosen != tt.want || !strings.Contains(stderr.String(), tt.stderr) {
 				t.Errorf("chosen %q, err %v, stderr %q; want %q and %q", o.chosen, err, stderr.String(), tt.want, tt.stderr)
 			}
-			if asked != (tt.engine != "direct") {
+			if asked != (tt.engine != "direct" && tt.from == "") {
 				t.Errorf("discovery asked: %v", asked)
 			}
 		})
@@ -152,5 +158,35 @@ func TestAddResultsSumsPassesOverTheWholeRun(t *testing.T) {
 	// The rate is over the whole run, failures not counted as done.
 	if got.Seconds != 2 || got.PerSecond != 51 {
 		t.Errorf("addResults = %.1fs at %.1f objects/s, want 2s at 51/s", got.Seconds, got.PerSecond)
+	}
+}
+
+// What migrate rewrites: off older transit versions, or off one provider.
+func TestMigrateStale(t *testing.T) {
+	kms := func(provider string, version int) scan.Stored {
+		return scan.Stored{Class: scan.ClassKMSv2, Provider: provider, TransitVersion: version}
+	}
+	tests := []struct {
+		name   string
+		o      migrateOptions
+		stored scan.Stored
+		want   bool
+	}{
+		{name: "v1 below --transit-version 2 => stale", o: migrateOptions{transitVersion: 2}, stored: kms("vault", 1), want: true},
+		{name: "v2 at --transit-version 2 => not stale", o: migrateOptions{transitVersion: 2}, stored: kms("vault", 2)},
+		{name: "unknown version (not transit's) => not stale", o: migrateOptions{transitVersion: 2}, stored: kms("vault", 0)},
+		{name: "identity => not stale", o: migrateOptions{transitVersion: 2}, stored: scan.Stored{Class: scan.ClassIdentity}},
+		{name: "identity with --include-unencrypted => stale", o: migrateOptions{transitVersion: 2, includeUnencrypted: true}, stored: scan.Stored{Class: scan.ClassIdentity}, want: true},
+		{name: "under --from-provider, at the newest version => stale", o: migrateOptions{fromProvider: "old"}, stored: kms("old", 7), want: true},
+		{name: "under another provider => not stale", o: migrateOptions{fromProvider: "old"}, stored: kms("new", 1)},
+		{name: "malformed under --from-provider => not stale (nothing can rewrite it)", o: migrateOptions{fromProvider: "old"}, stored: scan.Stored{Class: scan.ClassMalformed, Provider: "old"}},
+		{name: "identity with --from-provider => not stale", o: migrateOptions{fromProvider: "old"}, stored: scan.Stored{Class: scan.ClassIdentity}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.o.stale(tt.stored); got != tt.want {
+				t.Errorf("stale(%+v) = %v, want %v", tt.stored, got, tt.want)
+			}
+		})
 	}
 }
