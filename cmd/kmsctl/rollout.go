@@ -34,6 +34,9 @@ type rolloutOptions struct {
 	configPath  string
 	kubeconfig  string
 	stepTimeout time.Duration
+	// retire is --retire-provider; etcd is where its scan reads.
+	retire string
+	etcd   scanOptions
 }
 
 func (o *rolloutOptions) addFlags(fs *pflag.FlagSet) {
@@ -41,6 +44,8 @@ func (o *rolloutOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configPath, "config", "", "kms.yaml of the revision to roll out (required)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for the API servers (default: $KUBECONFIG, then ~/.kube/config)")
 	fs.DurationVar(&o.stepTimeout, "step-timeout", rollout.DefaultStepTimeout, "how long a step may take to turn healthy before it is rolled back")
+	fs.StringVar(&o.retire, "retire-provider", "", "once every node writes with kms.yaml's provider, remove this old KMS provider from every EncryptionConfiguration, then its static pods; refused unless an etcd scan (--etcd-endpoints) finds nothing stored under it")
+	o.etcd.addEtcdFlags(fs, "(with --retire-provider: its scan reads the resources kms.yaml encrypts)")
 }
 
 func (o *rolloutOptions) validate() error {
@@ -51,6 +56,12 @@ func (o *rolloutOptions) validate() error {
 		return errors.New("--config is required: the kms.yaml to roll out")
 	case o.stepTimeout <= 0:
 		return errors.New("--step-timeout must be positive")
+	case o.retire == "" && len(o.etcd.etcd.Endpoints) > 0:
+		return errors.New("--etcd-endpoints is for --retire-provider's scan: name the provider to retire, or drop the etcd flags")
+	case o.retire != "" && len(o.etcd.etcd.Endpoints) == 0:
+		return errors.New("--retire-provider needs --etcd-endpoints: retiring is refused until an etcd scan finds nothing stored under the provider")
+	case (o.etcd.etcd.Cert == "") != (o.etcd.etcd.Key == ""):
+		return errors.New("--etcd-cert and --etcd-key go together")
 	}
 	return nil
 }
@@ -114,6 +125,18 @@ type observer struct {
 	local       map[string]bool
 	publish     bool // plan changes nothing, the ConfigMap included
 	stepTimeout time.Duration
+	// retire is --retire-provider, scanned through etcd; empty is the scan's
+	// verdict once it found nothing under retire.
+	retire     string
+	etcd       *scanOptions
+	configPath string
+	empty      bool
+}
+
+// newObserver is the observer of the nodes in local; publish says whether
+// it may write the shared state.
+func (o *rolloutOptions) newObserver(c *cluster, local map[string]bool, publish bool) *observer {
+	return &observer{c: c, local: local, publish: publish, stepTimeout: o.stepTimeout, retire: o.retire, etcd: &o.etcd, configPath: o.configPath}
 }
 
 func (ob *observer) observe(ctx context.Context) (rollout.Observed, clusterstate.State, error) {
@@ -158,7 +181,56 @@ func (ob *observer) observe(ctx context.Context) (rollout.Observed, clusterstate
 		}
 	}
 	o.Progress = st.Progress
+	if ob.retire != "" {
+		o.Retire = ob.retire
+		if err := ob.scanRetired(ctx, o.Nodes); err != nil {
+			return o, st, err
+		}
+		o.OldProviderEmpty = ob.empty
+	}
 	return o, st, nil
+}
+
+// nothingWritesWith reports whether no API server can write with provider:
+// no node's file makes it the write provider, and every node's API server
+// runs the file on its disk.
+func nothingWritesWith(nodes []lifecycle.Node, provider string) bool {
+	for _, n := range nodes {
+		if n.OnDisk.WriteProvider() == provider || n.ConfigHash == "" || n.APIServer.LoadedConfigHash != n.ConfigHash {
+			return false
+		}
+	}
+	return true
+}
+
+// scanRetired scans etcd for objects stored under the provider to retire,
+// but only once no API server can write with it: no node's file makes it
+// the write provider and every API server was just observed running the
+// file on its disk. A scan taken then stays true, since nothing writes
+// under the provider any more, so one that found nothing is not repeated.
+// Before then the planner waits or refuses without the scan's verdict.
+func (ob *observer) scanRetired(ctx context.Context, nodes []lifecycle.Node) error {
+	if ob.empty || !nothingWritesWith(nodes, ob.retire) {
+		return nil
+	}
+	resources, err := ob.etcd.Resources(ob.c.cfg, ob.configPath)
+	if err != nil {
+		return err
+	}
+	rep, err := ob.etcd.Scan(ctx, resources, 0)
+	if err != nil {
+		return fmt.Errorf("--retire-provider %s: etcd scan: %w", ob.retire, err)
+	}
+	under := 0
+	for _, r := range rep.Resources {
+		for _, g := range r.Groups {
+			if g.Provider == ob.retire {
+				under += g.Count
+			}
+		}
+	}
+	ob.empty = under == 0
+	return nil
 }
 
 // unpublished refuses to decide while a node whose files this kmsctl does
@@ -190,7 +262,15 @@ files when a step does not turn healthy within --step-timeout; killed at any
 point, it resumes (or rolls back) when run again. node does what apply does for
 the one node it runs on. The rollout's progress, and what kmsctl last observed
 of each node's files, are kept in the kube-system/kmsctl-rollout ConfigMap, so
-apply and node can be mixed.`,
+apply and node can be mixed.
+
+An old provider stays listed for reading after a new one takes over. Once
+every node writes with the new one, --retire-provider OLD (with
+--etcd-endpoints) removes OLD from every EncryptionConfiguration, then its
+static pods: it waits until every API server runs the file on its disk,
+scans etcd for objects stored under OLD (the resources kms.yaml encrypts),
+and refuses while there are any; kmsctl migrate --from-provider OLD rewrites
+them.`,
 	}
 	cmd.AddCommand(newRolloutPlanCmd(), newRolloutApplyCmd(), newRolloutNodeCmd())
 	return cmd
@@ -218,7 +298,7 @@ func newRolloutPlanCmd() *cobra.Command {
 			for _, n := range c.nodes.Nodes {
 				all[n.Name] = true
 			}
-			ob := &observer{c: c, local: all, stepTimeout: o.stepTimeout}
+			ob := o.newObserver(c, all, false)
 			obs, _, err := ob.observe(cmd.Context())
 			if err != nil {
 				return err
@@ -374,7 +454,7 @@ func (o *driveOptions) drive(ctx context.Context, out io.Writer) error {
 			reach[n.Name] = true
 		}
 	}
-	ob := &observer{c: c, local: reach, publish: true, stepTimeout: o.stepTimeout}
+	ob := o.newObserver(c, reach, true)
 	d := &driver{
 		only:     o.node,
 		observe:  ob.observe,

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vaultkms/vault-kms-plugin/lifecycle"
 )
 
 func TestRolloutValidate(t *testing.T) {
@@ -35,6 +37,9 @@ nodes:
 		{name: "node --node not in nodes.yaml => refused, naming the nodes listed", args: []string{"node", "--node", "cp-3", "--nodes", nodes, "--config", "k.yaml", "--key", "cosign.pub"},
 			want: "--node cp-3 is not in " + nodes + ", which lists cp-1, cp-2"},
 		{name: "node with a zero poll interval", args: []string{"node", "--node", "cp-1", "--nodes", nodes, "--config", "k.yaml", "--key", "cosign.pub", "--poll-interval", "0s"}, want: "--poll-interval and --apply-timeout must be positive"},
+		{name: "--retire-provider without --etcd-endpoints => refused: the scan is required", args: []string{"plan", "--nodes", "n.yaml", "--config", "k.yaml", "--retire-provider", "vault-old"}, want: "--retire-provider needs --etcd-endpoints"},
+		{name: "--etcd-endpoints without --retire-provider => refused", args: []string{"plan", "--nodes", "n.yaml", "--config", "k.yaml", "--etcd-endpoints", "https://10.0.0.1:2379"}, want: "--etcd-endpoints is for --retire-provider"},
+		{name: "--etcd-cert without --etcd-key => refused", args: []string{"plan", "--nodes", "n.yaml", "--config", "k.yaml", "--retire-provider", "vault-old", "--etcd-endpoints", "https://10.0.0.1:2379", "--etcd-cert", "c.pem"}, want: "--etcd-cert and --etcd-key go together"},
 		{name: "unreadable nodes.yaml => named", args: []string{"plan", "--nodes", filepath.Join(t.TempDir(), "missing.yaml"), "--config", "k.yaml"}, want: "read nodes"},
 	}
 	for _, tt := range tests {
@@ -60,5 +65,35 @@ func TestEveryCommandBuilds(t *testing.T) {
 				t.Errorf("%s --help: %v", sub.CommandPath(), err)
 			}
 		}
+	}
+}
+
+// The retire scan counts only once no API server can write with the
+// provider: taken earlier, a late write could land after it.
+func TestNothingWritesWith(t *testing.T) {
+	node := func(name, hash, loaded string, providers ...string) lifecycle.Node {
+		n := lifecycle.Node{Name: name, ConfigHash: hash, APIServer: lifecycle.APIServerHealth{LoadedConfigHash: loaded}}
+		for _, p := range providers {
+			n.OnDisk.Providers = append(n.OnDisk.Providers, lifecycle.Provider{Name: p, KMS: true})
+		}
+		return n
+	}
+	tests := []struct {
+		name  string
+		nodes []lifecycle.Node
+		want  bool
+	}{
+		{name: "every node writes with new and runs its file => true", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h2", "new", "old")}, want: true},
+		{name: "b's file still writes with old => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h2", "old", "new")}},
+		{name: "b's API server runs an older file => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h0", "new", "old")}},
+		{name: "b's API server metric unread => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "", "new", "old")}},
+		{name: "b's file unknown => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "", "", "new", "old")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := nothingWritesWith(tt.nodes, "old"); got != tt.want {
+				t.Errorf("nothingWritesWith = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -125,7 +125,10 @@ type Observed struct {
 	// for reading.
 	Retire string
 	// OldProviderEmpty is the etcd scan's verdict that no stored object is
-	// under Retire. Without it, retiring is refused.
+	// under Retire. Without it, retiring is refused. The scan must be taken
+	// after the API servers were observed (Nodes), so that an API server
+	// seen running a file that does not write with Retire cannot have
+	// stored anything under it since.
 	OldProviderEmpty bool
 }
 
@@ -184,10 +187,11 @@ type Failure struct {
 //     and every API server has loaded its file (invariant 1).
 //  8. Before a node's first step, a node with no last-known-good config =>
 //     confirm its current (healthy) config as the baseline to roll back to.
-//  9. Retiring an old provider (Observed.Retire) is refused unless the etcd
-//     scan found nothing under it, and never applies to the desired or a
-//     writing provider; when allowed, it is two more phases: (4) remove it
-//     from every node's EncryptionConfiguration, (5) then its static pods.
+//  9. Retiring an old provider (Observed.Retire) is refused for the desired
+//     or a writing provider, waits until every API server runs the file on
+//     its disk, and is refused unless the etcd scan then found nothing
+//     under it; when allowed, it is two more phases: (4) remove it from
+//     every node's EncryptionConfiguration, (5) then its static pods.
 //  10. Nothing left => done. Old providers stay listed for reading.
 func Next(o Observed) Step { return plan(o, "") }
 
@@ -264,7 +268,7 @@ func plan(o Observed, only string) Step {
 
 	// RULE 9 (first part): refuse an unsafe retirement before any step.
 	if o.Retire != "" {
-		if s, ok := checkRetire(o); !ok {
+		if s, ok := checkRetire(o, only); !ok {
 			return s
 		}
 	}
@@ -428,19 +432,32 @@ func done(o Observed, node string) Step {
 	return Step{Action: Done, Node: node, Reason: why}
 }
 
-// checkRetire is rule 9's refusals.
-func checkRetire(o Observed) (Step, bool) {
+// checkRetire is rule 9's refusals. The scan's verdict only counts once no
+// API server can write with the provider any more: no node's file makes it
+// the write provider, and every API server runs the file on its disk. An
+// API server still running an older file could store an object under it
+// after the scan, so until every one has loaded its file, retiring waits.
+func checkRetire(o Observed, only string) (Step, bool) {
 	r := o.Retire
 	if r == o.Desired.Provider {
 		return refuse(fmt.Sprintf("cannot retire %s: it is the desired provider", r)), false
-	}
-	if !o.OldProviderEmpty {
-		return refuse(fmt.Sprintf("cannot retire %s: an etcd scan must first show zero objects stored under it", r)), false
 	}
 	for _, n := range o.Nodes {
 		if n.OnDisk.WriteProvider() == r {
 			return refuse(fmt.Sprintf("cannot retire %s: node %s still writes with it", r, n.Name)), false
 		}
+	}
+	for _, n := range o.Nodes {
+		if n.APIServer.LoadedConfigHash != n.ConfigHash {
+			why := fmt.Sprintf("cannot retire %s yet: the API server of node %s has not loaded the EncryptionConfiguration on its disk, and may still write with it", r, n.Name)
+			if only != "" && only != n.Name {
+				return refuse(why), false
+			}
+			return Step{Action: Wait, Node: n.Name, Reason: why}, false
+		}
+	}
+	if !o.OldProviderEmpty {
+		return refuse(fmt.Sprintf("cannot retire %s: an etcd scan finds objects stored under it: rewrite them with `kmsctl migrate --from-provider %s`, then run again", r, r)), false
 	}
 	return Step{}, true
 }

@@ -173,9 +173,11 @@ func TestNextRetire(t *testing.T) {
 		return o
 	}
 	run(t, []stepCase{
-		{name: "retire without a scan => refuse", observed: retire(observed(q1, promoted...), oldP, false), want: Step{Action: Refuse}, wantReason: "etcd scan"},
+		{name: "retire without a scan => refuse", observed: retire(observed(q1, promoted...), oldP, false), want: Step{Action: Refuse}, wantReason: "kmsctl migrate --from-provider " + oldP},
 		{name: "retire the desired provider => refuse", observed: retire(observed(q1, promoted...), newP, true), want: Step{Action: Refuse}, wantReason: "desired provider"},
 		{name: "retire a provider a node writes with => refuse", observed: retire(observed(q1, node("a", onBoth, newP, oldP), node("b", onBoth, oldP, newP)), oldP, true), want: Step{Action: Refuse}, wantReason: "node b still writes"},
+		{name: "retire while b's API server still runs an older file => wait for b, whatever the scan says", observed: retire(with(observed(q1, promoted...), "b", func(n *lifecycle.Node) { n.APIServer.LoadedConfigHash = "sha256:older" }), oldP, true), want: Step{Action: Wait, Node: "b"}, wantReason: "has not loaded"},
+		{name: "NextFor a while b's API server still runs an older file => refuse", observed: retire(with(observed(q1, promoted...), "b", func(n *lifecycle.Node) { n.APIServer.LoadedConfigHash = "sha256:older" }), oldP, true), node: "a", want: Step{Action: Refuse}, wantReason: "node b has not loaded"},
 		{name: "scan empty, promoted everywhere => remove it from a's config", observed: retire(observed(q1, promoted...), oldP, true), want: Step{Action: RemoveProvider, Node: "a", Provider: oldP}},
 		{name: "removed from every config => remove its pod on a", observed: retire(observed(q1, threeAt(onBoth, newP)...), oldP, true), want: Step{Action: RemovePod, Node: "a", Provider: oldP}},
 		{name: "removed from a and b, listed on c => c's config before any pod", observed: retire(observed(q1, node("a", onBoth, newP), node("b", onBoth, newP), node("c", onBoth, newP, oldP)), oldP, true), want: Step{Action: RemoveProvider, Node: "c", Provider: oldP}},
