@@ -21,6 +21,7 @@
 set -euo pipefail
 
 MOUNT='transit'
+POLICY_MOUNT='transit'
 KEY='kubernetes'
 POLICY='kms-plugin'
 OPERATOR_POLICY='kms-plugin-operator'
@@ -49,6 +50,23 @@ command -v vault >/dev/null || { echo "vault-setup.sh: the vault CLI is not in P
 # AppRole and the policies are.
 in_transit() { vault "$@"; }
 in_auth() { vault "$@"; }
+
+# 0. A policy or role that serves another transit key is left alone: its
+# key's plugins run on them, and rewriting them would take that key out of
+# the policy and change the role ID the plugins log in with. A new key (a
+# new KMS provider, beside the current one while it rolls out) gets a role
+# and policy of its own. Checked before anything is written.
+existing=$(in_auth policy read "$POLICY" 2>/dev/null || true)
+if [ -n "$existing" ] && ! grep -qF "path \"$POLICY_MOUNT/encrypt/$KEY\"" <<<"$existing"; then
+  echo "vault-setup.sh: Vault policy $POLICY already exists for another transit key (it does not grant $POLICY_MOUNT/encrypt/$KEY), and the plugins of that key depend on it; nothing changed. Give this key a role and policy of its own: set vault.authentication.appRole.roleName (and a new roleID) in kms.yaml, run kmsctl render again, then this script." >&2
+  exit 1
+fi
+existing=$(in_auth read -field=role_id "auth/approle/role/$ROLE/role-id" 2>/dev/null || true)
+if [ -n "$existing" ] && [ "$existing" != "$ROLE_ID" ]; then
+  echo "vault-setup.sh: AppRole role $ROLE already exists with another role ID, which the plugins running now log in with; nothing changed. For a new key, set vault.authentication.appRole.roleName (and its roleID) in kms.yaml, run kmsctl render again, then this script; to change this role's role ID, first roll every node to a kms.yaml with the new one under another roleName." >&2
+  exit 1
+fi
+unset existing
 
 # 1. The transit engine and the key, each created only when missing.
 mounts=$(in_transit secrets list -format=json)

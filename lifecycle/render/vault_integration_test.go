@@ -138,6 +138,62 @@ func TestSetupScriptWithARealVault(t *testing.T) {
 			t.Errorf("key latest_version %v after rerun, want %d: the key must be left alone", got, version)
 		}
 	})
+
+	// A new key is a new KMS provider, rolled out beside the running one:
+	// its setup must not take the running plugins' key out of their policy
+	// or change the role ID they log in with.
+	t.Run("a second key on the same role => refused, nothing changed; with a role of its own => both keys served", func(t *testing.T) {
+		current := assertCredentials(t, cfg, secretIDFile)
+		second := *cfg
+		second.Vault.VaultKeyPath = cfg.Vault.VaultKeyPath + "-2"
+		secondIDFile := filepath.Join(t.TempDir(), "vault-kms-2", "secret-id")
+		env2 := append(slices.Clone(env[:len(env)-1]), "SECRET_ID_FILE="+secondIDFile)
+		for _, tc := range []struct {
+			name, roleID, want string
+		}{
+			{name: "same role, same role ID", roleID: roleID, want: "Vault policy " + cfg.Vault.Authentication.AppRole.PolicyName + " already exists for another transit key"},
+			{name: "same role, another role ID", roleID: roleID + "-2", want: "Vault policy " + cfg.Vault.Authentication.AppRole.PolicyName + " already exists for another transit key"},
+		} {
+			second.Vault.Authentication.AppRole.RoleID = tc.roleID
+			out, err := runSetup(t, &second, env2...)
+			if err == nil || !strings.Contains(out, tc.want) || !strings.Contains(out, "nothing changed") {
+				t.Errorf("%s: vault-setup.sh for a second key: %v\n%s\nwant a refusal saying %q", tc.name, err, out, tc.want)
+			}
+		}
+		if sec, err := s.Client.Logical().Read(mount + "/keys/" + key + "-2"); err != nil || sec != nil {
+			t.Errorf("the refused run created the second key: %v, %v", sec, err)
+		}
+		// The running plugin's credentials still log in and encrypt.
+		pc := clientWithToken(t, s, login(t, s, roleID, current))
+		if _, err := pc.Logical().Write(mount+"/encrypt/"+key, map[string]any{"plaintext": base64.StdEncoding.EncodeToString([]byte("dek seed"))}); err != nil {
+			t.Errorf("encrypt with the running plugin's credentials after the refused run: %v", err)
+		}
+
+		// With a role and policy of its own, the second key is set up
+		// beside the first, each token reaching its own key only.
+		second.Vault.Authentication.AppRole.RoleName = "kms-plugin-2"
+		second.Vault.Authentication.AppRole.PolicyName = "kms-plugin-2"
+		second.Vault.Authentication.AppRole.RoleID = roleID + "-2"
+		if out, err := runSetup(t, &second, env2...); err != nil {
+			t.Fatalf("vault-setup.sh for a second key with a role of its own: %v\n%s", err, out)
+		}
+		newToken := login(t, s, roleID+"-2", assertCredentials(t, &second, secondIDFile))
+		if got := caps(newToken, mount+"/encrypt/"+key+"-2"); !slices.Equal(got, []string{"update"}) {
+			t.Errorf("second key's token on its key: %q", got)
+		}
+		if got := caps(newToken, mount+"/encrypt/"+key); !slices.Equal(got, []string{"deny"}) {
+			t.Errorf("second key's token on the first key: %q, want deny", got)
+		}
+		if got := caps(login(t, s, roleID, current), mount+"/encrypt/"+key); !slices.Equal(got, []string{"update"}) {
+			t.Errorf("first key's token on its key after the second setup: %q", got)
+		}
+
+		// The second role under a role ID another setup changed: refused.
+		second.Vault.Authentication.AppRole.RoleID = roleID + "-3"
+		if out, err := runSetup(t, &second, env2...); err == nil || !strings.Contains(out, "AppRole role kms-plugin-2 already exists with another role ID") {
+			t.Errorf("vault-setup.sh changing an existing role's role ID: %v\n%s\nwant a refusal", err, out)
+		}
+	})
 }
 
 func login(t *testing.T, s *vaulttest.Server, roleID, secretID string) string {

@@ -194,7 +194,7 @@ func TestSetupScriptWithAFakeVault(t *testing.T) {
 			for _, line := range strings.Split(strings.TrimSpace(calls), "\n") {
 				ns, argv, _ := strings.Cut(strings.TrimPrefix(line, "ns="), " argv=")
 				switch {
-				case strings.HasPrefix(argv, "secrets ") || strings.HasPrefix(argv, "read ") || strings.HasPrefix(argv, "write "+cfg.Vault.KeyMount()+"/"):
+				case strings.HasPrefix(argv, "secrets ") || (strings.HasPrefix(argv, "read ") && !strings.Contains(argv, " auth/")) || strings.HasPrefix(argv, "write "+cfg.Vault.KeyMount()+"/"):
 					transitCalls = append(transitCalls, argv)
 					if ns != tc.transitNS {
 						t.Errorf("%q ran in namespace %q, want %q", argv, ns, tc.transitNS)
