@@ -568,7 +568,9 @@ func unhealthy(n *lifecycle.Node) string {
 			if !h.Running.IsZero() {
 				running = h.Running.String()
 			}
-			return fmt.Sprintf("plugin %s runs %s, not %s", p.Provider, running, p)
+			// The probe's error says why no Ready pod runs it: what an
+			// operator needs when this ends in a rollback.
+			return fmt.Sprintf("plugin %s runs %s, not %s%s", p.Provider, running, p, suffix(h.Err))
 		case !h.StatusOK:
 			return fmt.Sprintf("plugin %s Status not ok%s", p, suffix(h.Err))
 		case !h.PreflightOK:

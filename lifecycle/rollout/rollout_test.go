@@ -117,6 +117,9 @@ func TestNextUnhealthyNode(t *testing.T) {
 	run(t, []stepCase{
 		{name: "a plugin does not answer => wait", observed: with(base, "b", func(n *lifecycle.Node) { delete(n.Plugins, oldP) }), want: Step{Action: Wait, Node: "b"}, wantReason: "does not answer"},
 		{name: "a plugin's revision is unknown => wait", observed: with(base, "b", func(n *lifecycle.Node) { n.Plugins[oldP] = lifecycle.PluginHealth{StatusOK: true, PreflightOK: true} }), want: Step{Action: Wait, Node: "b"}, wantReason: "unknown revision"},
+		{name: "no Ready pod of the plugin, Status failing => wait, saying why", observed: with(base, "b", func(n *lifecycle.Node) {
+			n.Plugins[oldP] = lifecycle.PluginHealth{Err: "Status: vault login: connection refused"}
+		}), want: Step{Action: Wait, Node: "b"}, wantReason: "unknown revision, not " + r1.String() + ": Status: vault login: connection refused"},
 		{name: "Status not ok => wait", observed: with(base, "c", func(n *lifecycle.Node) {
 			n.Plugins[oldP] = lifecycle.PluginHealth{Running: r1, Err: "healthz: vault sealed"}
 		}), want: Step{Action: Wait, Node: "c"}, wantReason: "vault sealed"},
