@@ -21,10 +21,20 @@
 //   - TestRenderedStaticPodOnARealKubelet: the image `make image` built, signed
 //     with the real cosign CLI, verified and pinned by `kmsctl verify-image`,
 //     rendered by `kmsctl render`, set up in Vault by the rendered script and
-//     run unchanged as a static pod by a real kubelet with containerd; the API
-//     server stores Secrets through it, the mirror pod shows Ready, Vault
-//     paused makes it not Ready, and a killed plugin is restarted by the
-//     kubelet.
+//     run unchanged as a static pod by three real kubelets with containerd,
+//     each node with its own kube-apiserver; the API servers store Secrets
+//     through it, the mirror pods show Ready, Vault paused makes one not
+//     Ready, and a killed plugin is restarted by its kubelet.
+//
+// And rollouts (kmsctl, part 2), on those three nodes under a load of reads
+// and writes through every API server that fails the test on any failed
+// call (rollout_test.go): an unsigned image refused before any file
+// changes; plan; an in-place image change; a new provider whose plugin
+// cannot reach Vault, rolled back by itself; a new provider on a second
+// transit key refused on the current metrics port, then rolled out with
+// `rollout node` on two nodes and `rollout apply` killed with SIGKILL at
+// every step and rerun, after which every API server restarts and reads
+// every Secret back.
 //
 // And key rotation (kmsctl, part 3):
 //

@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,9 +18,7 @@ import (
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/config"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/render"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout"
-	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/clusterstate"
 	"github.com/vaultkms/vault-kms-plugin/lifecycle/rollout/observe"
-	"github.com/vaultkms/vault-kms-plugin/plugin/vaulttest"
 )
 
 // TestRenderedStaticPodOnARealKubelet deploys the plugin the way users do
@@ -116,22 +111,20 @@ func TestRenderedStaticPodOnARealKubelet(t *testing.T) {
 		createStoredBy(t, d, secrets, "after-restart")
 	})
 
-	t.Run("kmsctl rollout plan and apply roll a new revision onto the node in place", func(t *testing.T) {
-		testRolloutInPlace(t, d, secrets)
-	})
-
-	t.Run("kmsctl rollout node rolls another new revision onto its node in place and publishes the node's state", func(t *testing.T) {
-		testRolloutNodeInPlace(t, d, secrets)
-	})
-
 	t.Run("OpenShift's argument list in a native sidecar with its socket on an emptyDir serves the API server", func(t *testing.T) {
 		testOpenShiftStyleSidecar(t, d, secrets)
 	})
 
+	t.Run("kmsctl rollout", func(t *testing.T) {
+		testRollouts(t, d, secrets)
+	})
+
 	secretID := readFile(t, d.SecretIDPath)
-	for _, p := range []*cluster.Process{d.Node.Kubelet, d.Node.Containerd, api.Proc} {
-		if strings.Contains(p.Log(), secretID) {
-			t.Errorf("%s logged the secret ID", p.Name)
+	for _, n := range d.Nodes {
+		for _, p := range []*cluster.Process{n.Kubelet, n.Containerd, n.APIServer.Proc} {
+			if strings.Contains(p.Log(), secretID) {
+				t.Errorf("%s logged the secret ID", p.Name)
+			}
 		}
 	}
 }
@@ -283,6 +276,17 @@ spec:
 	assertReads(t, api, secrets)
 	createStoredBy(t, d, secrets, "through-the-sidecar")
 	assertReads(t, api, secrets)
+
+	// Back to the static pod kmsctl rendered, for the rollouts that follow.
+	if err := os.WriteFile(api.EncryptionConfigPath, enc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(d.Node.ManifestDir, "kube-apiserver-openshift-style.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	api.Restart()
+	api.WaitReady(2 * time.Minute)
+	assertReads(t, api, secrets)
 }
 
 // createStoredBy creates Secret name through the deployment's API server,
@@ -296,138 +300,6 @@ func createStoredBy(t *testing.T, d *cluster.Deployment, secrets map[string]stri
 	}
 	assertStoredBy(t, d.Etcd, d.Provider, name, value)
 	secrets[name] = value
-}
-
-// testRolloutInPlace changes kms.yaml (a new revision with another metrics
-// port: new plugin arguments, same provider), then runs kmsctl rollout plan
-// and apply against the real node: apply verifies the image, records the
-// node's files as last-known-good, rewrites the static pod, waits until the
-// kubelet runs the new revision healthy, confirms, and is done.
-func testRolloutInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
-	api := d.APIServer
-	dir := t.TempDir()
-	kubeconfig, nodes := writeNodesYAML(t, d, dir, filepath.Join(dir, "state"))
-	run := func(args ...string) string {
-		t.Helper()
-		stdout, stderr, err := cluster.Kmsctl(t, append([]string{"rollout"}, append(args, "--nodes", nodes, "--kubeconfig", kubeconfig)...)...)
-		if err != nil {
-			t.Fatalf("kmsctl rollout %s: %v\n%s%s", args[0], err, stdout, stderr)
-		}
-		return stdout
-	}
-	if out := run("plan", "--config", d.ConfigPath); !strings.Contains(out, "1. done") {
-		t.Fatalf("plan for the deployed revision:\n%s\nwant done at once", out)
-	}
-
-	kms := readFile(t, d.ConfigPath)
-	newPort := vaulttest.FreePort(t)
-	next := strings.Replace(strings.Replace(kms, `revision: "1"`, `revision: "2"`, 1), fmt.Sprintf("metricsPort: %d", d.MetricsPort), fmt.Sprintf("metricsPort: %d", newPort), 1)
-	if next == kms {
-		t.Fatal("could not edit kms.yaml")
-	}
-	config2 := filepath.Join(dir, "kms.yaml")
-	writeTestFile(t, config2, next)
-	plan := run("plan", "--config", config2)
-	t.Logf("kmsctl rollout plan:\n%s", plan)
-	for _, want := range []string{"confirm node=" + d.Node.Name, "write-pod node=" + d.Node.Name + " revision=2/", "done"} {
-		if !strings.Contains(plan, want) {
-			t.Errorf("plan lacks %q", want)
-		}
-	}
-	start := time.Now()
-	out := run("apply", "--config", config2, "--key", d.CosignPub, "--allow-insecure-registry", "--poll-interval", "1s", "--step-timeout", "3m")
-	t.Logf("kmsctl rollout apply (%.0fs):\n%s", time.Since(start).Seconds(), out)
-	if !strings.Contains(out, "] done") {
-		t.Fatalf("apply did not finish with done")
-	}
-	d.MetricsPort = newPort
-	mirror := d.WaitPluginPod(time.Minute, "Ready at revision 2", func(p *corev1.Pod) bool {
-		return cluster.PodReady(p) && p.Labels[render.LabelRevision] == "2"
-	})
-	t.Logf("mirror pod %s runs revision %s", mirror.Name, mirror.Labels[render.LabelRevision])
-	assertReads(t, api, secrets)
-	createStoredBy(t, d, secrets, "after-rollout")
-}
-
-// testRolloutNodeInPlace is testRolloutInPlace the kubeadm way: kmsctl
-// rollout node, run on the node it names, with a state directory of its
-// own, rolls revision 3 (another metrics port) onto that node, waits until
-// the kubelet runs it healthy, confirms, and is done; the
-// kube-system/kmsctl-rollout ConfigMap then holds the node's files as
-// observed and the progress with nothing in flight. Run again, it finds
-// nothing to do.
-func testRolloutNodeInPlace(t *testing.T, d *cluster.Deployment, secrets map[string]string) {
-	api := d.APIServer
-	dir := t.TempDir()
-	kubeconfig, nodes := writeNodesYAML(t, d, dir, filepath.Join(dir, "node-state"))
-
-	kms := readFile(t, d.ConfigPath)
-	newPort := vaulttest.FreePort(t)
-	port := regexp.MustCompile(`metricsPort: \d+`)
-	next := port.ReplaceAllString(strings.Replace(kms, `revision: "1"`, `revision: "3"`, 1), fmt.Sprintf("metricsPort: %d", newPort))
-	if !strings.Contains(next, `revision: "3"`) || !strings.Contains(next, fmt.Sprintf("metricsPort: %d", newPort)) {
-		t.Fatal("could not edit kms.yaml")
-	}
-	config3 := filepath.Join(dir, "kms.yaml")
-	writeTestFile(t, config3, next)
-	node := func() string {
-		t.Helper()
-		start := time.Now()
-		stdout, stderr, err := cluster.Kmsctl(t, "rollout", "node", "--node", d.Node.Name, "--nodes", nodes, "--kubeconfig", kubeconfig,
-			"--config", config3, "--key", d.CosignPub, "--allow-insecure-registry", "--poll-interval", "1s", "--step-timeout", "3m")
-		t.Logf("kmsctl rollout node (%.0fs):\n%s", time.Since(start).Seconds(), stdout)
-		if err != nil {
-			t.Fatalf("kmsctl rollout node: %v\n%s%s", err, stdout, stderr)
-		}
-		return stdout
-	}
-	out := node()
-	for _, want := range []string{"write-pod node=" + d.Node.Name + " revision=3/", "] done node=" + d.Node.Name} {
-		if !strings.Contains(out, want) {
-			t.Errorf("rollout node output lacks %q", want)
-		}
-	}
-	d.MetricsPort = newPort
-	mirror := d.WaitPluginPod(time.Minute, "Ready at revision 3", func(p *corev1.Pod) bool {
-		return cluster.PodReady(p) && p.Labels[render.LabelRevision] == "3"
-	})
-	t.Logf("mirror pod %s runs revision %s", mirror.Name, mirror.Labels[render.LabelRevision])
-
-	kube, err := dynamic.NewForConfig(api.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := clusterstate.New(kube).Load(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	published, ok := st.Nodes[d.Node.Name]
-	if !ok {
-		t.Fatalf("ConfigMap %s/%s holds no state of node %s: %+v", clusterstate.Namespace, clusterstate.Name, d.Node.Name, st.Nodes)
-	}
-	raw, err := os.ReadFile(api.EncryptionConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(raw)
-	if want := "sha256:" + hex.EncodeToString(sum[:]); published.ConfigHash != want {
-		t.Errorf("published configHash %s, want %s (the file on the node)", published.ConfigHash, want)
-	}
-	if p, ok := published.OnDisk.Pod(d.Provider); !ok || p.Name != "3" {
-		t.Errorf("published files [%s], want the pod of %s at revision 3", published.OnDisk, d.Provider)
-	}
-	if lkg, ok := st.Progress.LastKnownGood[d.Node.Name]; !ok || !lkg.Equal(published.OnDisk) {
-		t.Errorf("last-known-good of %s is [%s] (recorded %v), want the confirmed [%s]", d.Node.Name, lkg, ok, published.OnDisk)
-	}
-	if st.Progress.InFlight != nil {
-		t.Errorf("a step is still in flight: %s", st.Progress.InFlight)
-	}
-	assertReads(t, api, secrets)
-	createStoredBy(t, d, secrets, "after-rollout-node")
-
-	if again := node(); strings.Contains(again, "write-pod") || !strings.Contains(again, "] done node="+d.Node.Name) {
-		t.Errorf("rollout node run again on a node at revision 3 did not stop at done without a change")
-	}
 }
 
 func writeTestFile(t *testing.T, path, content string) {

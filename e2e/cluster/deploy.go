@@ -54,6 +54,7 @@ type Deployment struct {
 	PauseImage string
 	// CosignPub is the public key the image was signed for.
 	CosignPub string
+	cosignKey string
 	// ConfigPath is the kms.yaml the deployment was rendered from, and
 	// RenderedDir what kmsctl render wrote.
 	ConfigPath, RenderedDir string
@@ -105,15 +106,13 @@ func Deploy(t testing.TB, opts DeployOptions) *Deployment {
 	// Sign the index digest as a release pipeline would; kmsctl resolves the
 	// tag and checks the signature, and its answer is what gets deployed.
 	keys := t.TempDir()
-	cosignEnv := []string{"COSIGN_PASSWORD=e2e"}
 	say("signing %s with cosign (key pair in %s)", pushed, keys)
 	mustRun(t, "cosign generate-key-pair", func() (string, string, error) {
 		return Cosign(t, cosignEnv, "generate-key-pair", "--output-key-prefix", filepath.Join(keys, "cosign"))
 	})
-	mustRun(t, "cosign sign", func() (string, string, error) {
-		return Cosign(t, cosignEnv, "sign", "--key", filepath.Join(keys, "cosign.key"), "--tlog-upload=false", "--allow-insecure-registry", "--yes", pushed)
-	})
 	d.CosignPub = filepath.Join(keys, "cosign.pub")
+	d.cosignKey = filepath.Join(keys, "cosign.key")
+	d.Sign(t, pushed)
 	say("kmsctl verify-image --key cosign.pub %s/vault-kms-plugin:e2e", d.Registry.Host)
 	d.Image = strings.TrimSpace(mustRun(t, "kmsctl verify-image", func() (string, string, error) {
 		return Kmsctl(t, "verify-image", "--key", d.CosignPub, "--allow-insecure-registry", d.Registry.Host+"/vault-kms-plugin:e2e")
@@ -157,6 +156,7 @@ vault:
   authentication:
     type: AppRole
     appRole:
+      roleName: kms-plugin
       roleID: %s
       secretIDPath: %s
 node:
@@ -182,15 +182,7 @@ encryption:
 	d.PodName = podName(t, podManifest)
 
 	say("running the rendered vault-setup.sh as root against %s", d.Vault.Addr)
-	mustRun(t, "vault-setup.sh", func() (string, string, error) {
-		cmd := exec.Command("bash", filepath.Join(d.RenderedDir, "vault-setup.sh"))
-		cmd.Env = append(os.Environ(), "VAULT_ADDR="+d.Vault.Addr, "VAULT_TOKEN="+d.Vault.RootToken,
-			"PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		return stdout.String(), stderr.String(), err
-	})
+	d.SetUpVault(t, d.RenderedDir)
 
 	say("starting etcd")
 	d.Etcd = StartEtcd(t)
@@ -252,6 +244,33 @@ func portOf(t testing.TB, addr string) int {
 		t.Fatalf("address %q has no port", addr)
 	}
 	return port
+}
+
+// cosignEnv holds the password of the key pair Deploy generates.
+var cosignEnv = []string{"COSIGN_PASSWORD=e2e"}
+
+// Sign signs image (repo@sha256:...) with the deployment's cosign key, as a
+// release pipeline would, with the real cosign CLI.
+func (d *Deployment) Sign(t testing.TB, image string) {
+	t.Helper()
+	mustRun(t, "cosign sign", func() (string, string, error) {
+		return Cosign(t, cosignEnv, "sign", "--key", d.cosignKey, "--tlog-upload=false", "--allow-insecure-registry", "--yes", image)
+	})
+}
+
+// SetUpVault runs the vault-setup.sh that kmsctl render wrote in dir, as
+// root, against the deployment's Vault, as an operator would.
+func (d *Deployment) SetUpVault(t testing.TB, dir string) {
+	t.Helper()
+	mustRun(t, "vault-setup.sh", func() (string, string, error) {
+		cmd := exec.Command("bash", filepath.Join(dir, "vault-setup.sh"))
+		cmd.Env = append(os.Environ(), "VAULT_ADDR="+d.Vault.Addr, "VAULT_TOKEN="+d.Vault.RootToken,
+			"PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	})
 }
 
 // WaitPluginPod waits until the plugin's mirror pod satisfies cond.

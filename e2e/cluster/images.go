@@ -25,9 +25,18 @@ import (
 var pluginImageLayout = binary{env: "PLUGIN_IMAGE_LAYOUT", fallback: ".build/image/oci", target: "run `make image`"}
 
 // PushPluginImage pushes the plugin image that `make image` built (an OCI
-// index for linux/amd64 and linux/arm64) to repo on a plain-http registry,
-// as a release pipeline would, and returns repo@sha256:<index digest>.
+// index for linux/amd64 and linux/arm64) to repo:e2e on a plain-http
+// registry, as a release pipeline would, and returns repo@sha256:<index
+// digest>.
 func PushPluginImage(t testing.TB, repo string) string {
+	return PushPluginImageAs(t, repo+":e2e", nil)
+}
+
+// PushPluginImageAs pushes the plugin image that `make image` built to tag,
+// with annotations added to its index (another index digest for the same
+// platform images, as a rebuild of the same code would give), and returns
+// repo@sha256:<index digest>.
+func PushPluginImageAs(t testing.TB, tag string, annotations map[string]string) string {
 	t.Helper()
 	dir := pluginImageLayout.path()
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err != nil {
@@ -50,7 +59,10 @@ func PushPluginImage(t testing.TB, repo string) string {
 	if err != nil {
 		t.Fatalf("%s: %v", dir, err)
 	}
-	return pushIndex(t, repo+":e2e", idx)
+	if len(annotations) > 0 {
+		idx = mutate.Annotations(idx, annotations).(v1.ImageIndex)
+	}
+	return pushIndex(t, tag, idx)
 }
 
 func pushIndex(t testing.TB, tag string, idx v1.ImageIndex) string {
