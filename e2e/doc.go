@@ -34,7 +34,8 @@
 // transit key refused on the current metrics port, then rolled out with
 // `rollout node` on two nodes and `rollout apply` killed with SIGKILL at
 // every step and rerun, after which every API server restarts and reads
-// every Secret back.
+// every Secret back; and the old provider's retirement, refused while
+// Secrets are stored under it, done after kmsctl migrate --from-provider.
 //
 // And key rotation (kmsctl, part 3):
 //

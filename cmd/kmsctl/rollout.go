@@ -60,8 +60,9 @@ func (o *rolloutOptions) validate() error {
 		return errors.New("--etcd-endpoints is for --retire-provider's scan: name the provider to retire, or drop the etcd flags")
 	case o.retire != "" && len(o.etcd.etcd.Endpoints) == 0:
 		return errors.New("--retire-provider needs --etcd-endpoints: retiring is refused until an etcd scan finds nothing stored under the provider")
-	case (o.etcd.etcd.Cert == "") != (o.etcd.etcd.Key == ""):
-		return errors.New("--etcd-cert and --etcd-key go together")
+	case o.retire != "":
+		// The resources come from kms.yaml (--config).
+		return o.etcd.Validate(true)
 	}
 	return nil
 }
@@ -191,18 +192,6 @@ func (ob *observer) observe(ctx context.Context) (rollout.Observed, clusterstate
 	return o, st, nil
 }
 
-// nothingWritesWith reports whether no API server can write with provider:
-// no node's file makes it the write provider, and every node's API server
-// runs the file on its disk.
-func nothingWritesWith(nodes []lifecycle.Node, provider string) bool {
-	for _, n := range nodes {
-		if n.OnDisk.WriteProvider() == provider || n.ConfigHash == "" || n.APIServer.LoadedConfigHash != n.ConfigHash {
-			return false
-		}
-	}
-	return true
-}
-
 // scanRetired scans etcd for objects stored under the provider to retire,
 // but only once no API server can write with it: no node's file makes it
 // the write provider and every API server was just observed running the
@@ -210,7 +199,7 @@ func nothingWritesWith(nodes []lifecycle.Node, provider string) bool {
 // under the provider any more, so one that found nothing is not repeated.
 // Before then the planner waits or refuses without the scan's verdict.
 func (ob *observer) scanRetired(ctx context.Context, nodes []lifecycle.Node) error {
-	if ob.empty || !nothingWritesWith(nodes, ob.retire) {
+	if ob.empty || !rollout.NothingWritesWith(nodes, ob.retire) {
 		return nil
 	}
 	resources, err := ob.etcd.Resources(ob.c.cfg, ob.configPath)

@@ -432,6 +432,20 @@ func done(o Observed, node string) Step {
 	return Step{Action: Done, Node: node, Reason: why}
 }
 
+// NothingWritesWith reports whether no API server can write with provider:
+// no node's file makes it the write provider, and every node's API server
+// was observed running the file on its disk. Rule 9 reads
+// Observed.OldProviderEmpty only then, so a driver need scan etcd only once
+// it holds: a scan taken earlier could miss a write that lands after it.
+func NothingWritesWith(nodes []lifecycle.Node, provider string) bool {
+	for _, n := range nodes {
+		if n.OnDisk.WriteProvider() == provider || n.ConfigHash == "" || n.APIServer.LoadedConfigHash != n.ConfigHash {
+			return false
+		}
+	}
+	return true
+}
+
 // checkRetire is rule 9's refusals. The scan's verdict only counts once no
 // API server can write with the provider any more: no node's file makes it
 // the write provider, and every API server runs the file on its disk. An

@@ -188,6 +188,36 @@ func TestNextRetire(t *testing.T) {
 	})
 }
 
+// The retire scan counts only once no API server can write with the
+// provider: taken earlier, a late write could land after it.
+func TestNothingWritesWith(t *testing.T) {
+	node := func(name, hash, loaded string, providers ...string) lifecycle.Node {
+		n := lifecycle.Node{Name: name, ConfigHash: hash, APIServer: lifecycle.APIServerHealth{LoadedConfigHash: loaded}}
+		for _, p := range providers {
+			n.OnDisk.Providers = append(n.OnDisk.Providers, lifecycle.Provider{Name: p, KMS: true})
+		}
+		return n
+	}
+	tests := []struct {
+		name  string
+		nodes []lifecycle.Node
+		want  bool
+	}{
+		{name: "every node writes with new and runs its file => true", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h2", "new", "old")}, want: true},
+		{name: "b's file still writes with old => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h2", "old", "new")}},
+		{name: "b's API server runs an older file => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "h0", "new", "old")}},
+		{name: "b's API server metric unread => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "h2", "", "new", "old")}},
+		{name: "b's file unknown => false", nodes: []lifecycle.Node{node("a", "h1", "h1", "new", "old"), node("b", "", "", "new", "old")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := NothingWritesWith(tt.nodes, "old"); got != tt.want {
+				t.Errorf("NothingWritesWith = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 // RULE 10
 func TestNextDone(t *testing.T) {
 	run(t, []stepCase{
